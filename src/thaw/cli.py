@@ -1,0 +1,330 @@
+"""Command line: subcommands map onto the Python API; a ThawError becomes one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from thaw import __version__
+from thaw.config import FitConfig, parse_duration
+from thaw.errors import ThawError
+
+__all__ = ["main"]
+
+log = logging.getLogger("thaw")
+
+EXAMPLES = """examples:
+  thaw demo                                   # offline: built-in weights + embedded sample data
+  thaw layers efficientnet_lite0              # layer groups with parameter counts
+  thaw fit data/train --val data/val --test data/test --strategy last-k --k 2 --out runs/pets
+  thaw fit data/train --strategy lp-ft --img-size 128 --time-budget 5m
+  thaw fit --resume runs/pets                 # continue an interrupted run
+  thaw evaluate runs/pets data/test
+  thaw predict runs/pets img1.jpg some_folder/ --top-k 3 --csv preds.csv
+"""
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+
+    class _Fmt(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            msg = record.getMessage()
+            return f"warning: {msg}" if record.levelno >= logging.WARNING else msg
+
+    handler.setFormatter(_Fmt())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _annotation_type(annotation: str) -> tuple[type | None, bool]:
+    """(python type, is_bool) for the simple annotations FitConfig uses."""
+    base = annotation.replace(" | None", "").strip()
+    return {"str": str, "int": int, "float": float, "bool": bool}.get(base), base == "bool"
+
+
+def _add_fit_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One --option per FitConfig field, help text from the field's doc."""
+    defaults = FitConfig()
+    for f in dataclasses.fields(FitConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        doc = f.metadata.get("doc", "")
+        typ, is_bool = _annotation_type(str(f.type))
+        default = getattr(defaults, f.name)
+        if is_bool:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{doc} (default: {'on' if default else 'off'})",
+            )
+        elif f.name == "time_budget":
+            parser.add_argument(flag, dest=f.name, type=parse_duration, default=None, metavar="DURATION", help=doc)
+        else:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=typ or str,
+                default=None,
+                metavar=f.name.upper(),
+                help=f"{doc} (default: {default})",
+            )
+
+
+def _config_values(ns: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(FitConfig)}
+    return {k: v for k, v in vars(ns).items() if k in names and v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="thaw",
+        description="Fine-tune pretrained image classifiers, choosing which layers to thaw.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"thaw {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only results and warnings")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "fit",
+        help="fine-tune a model on an image folder or CSV manifest",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("train_path", nargs="?", metavar="TRAIN", help="training data: folder of class subfolders or CSV")
+    p.add_argument("--config", type=Path, help="YAML file of options (command-line options win)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    p.add_argument("--json", action="store_true", help="print summary.json to stdout at the end")
+    _add_fit_options(p, skip=("train",))
+
+    p = sub.add_parser("demo", help="fine-tune the built-in EfficientNet-Lite0 on the embedded sample data (offline)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/demo-<timestamp>)")
+    p.add_argument("--strategy", default="lp-ft", help="strategy to demonstrate (default: lp-ft)")
+    p.add_argument("--json", action="store_true", help="print summary.json to stdout at the end")
+
+    p = sub.add_parser("layers", help="show a model's layer groups with parameter counts")
+    p.add_argument("model", help="timm architecture name, e.g. efficientnet_lite0, resnet50, vit_small_patch16_224")
+
+    p = sub.add_parser("evaluate", help="evaluate a run's model on labelled data; writes eval JSON")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("data", type=Path, help="folder of class subfolders or CSV manifest")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default: RUN_DIR/eval-<data>.json)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("predict", help="classify images with a run's model")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("paths", nargs="+", help="image files and/or folders")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--csv", type=Path, default=None, help="also write predictions to this CSV file")
+    p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
+
+    p = sub.add_parser("report", help="rebuild report.html of a run directory")
+    p.add_argument("run_dir", type=Path)
+    return parser
+
+
+def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    print(f"run directory: {run_dir}")
+    print(
+        f"strategy {summary['strategy']} on {summary['model']}: {summary['epochs']} epochs, "
+        f"{summary['wall_seconds']:.0f}s wall, {summary['train_images_per_second']:.0f} train img/s"
+    )
+    for ph in summary["phases"]:
+        best = ph["best_val_accuracy"]
+        best_s = f"{best:.4f}" if best is not None else "n/a"
+        print(
+            f"  phase {ph['index'] + 1} {ph['name']:<14} {ph['epochs']:>3} ep  best val {best_s}  "
+            f"({ph['stopped']}; {len(ph['trainable_groups'])} groups trainable)"
+        )
+    print(f"best validation accuracy: {summary['best_val_accuracy']:.4f}")
+    if summary.get("test_accuracy") is not None:
+        print(f"test accuracy: {summary['test_accuracy']:.4f}  (macro-F1 {summary['test_macro_f1']:.4f})")
+    for w in summary.get("warnings", []):
+        print(f"warning: {w}")
+
+
+def _cmd_fit(ns: argparse.Namespace) -> int:
+    from thaw import api
+
+    values = _config_values(ns)
+    if ns.resume is not None:
+        result = api.fit(resume=ns.resume, progress=None, **values)
+    else:
+        if ns.config is not None:
+            if ns.train_path:
+                values["train"] = ns.train_path
+            cfg = FitConfig.from_yaml(ns.config, **values)
+        else:
+            if not ns.train_path:
+                raise ThawError("thaw fit needs training data: thaw fit data/train [options] (see thaw fit --help)")
+            cfg = FitConfig.from_dict({"train": ns.train_path, **values})
+        result = api.fit(config=cfg, overwrite=ns.overwrite)
+    if ns.json:
+        print(json.dumps(result.summary, indent=2))
+    else:
+        _print_summary(result.summary, result.run_dir)
+    return 0
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from thaw import api
+    from thaw.data.sample import SAMPLE_CREDIT, sample_data_dir
+
+    data = sample_data_dir()
+    out = ns.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    log.info("demo: fine-tuning the built-in EfficientNet-Lite0 (ImageNet weights, offline) on %s", data)
+    log.info("data: %s", SAMPLE_CREDIT)
+    result = api.fit(
+        data / "train",
+        val=str(data / "val"),
+        test=str(data / "test"),
+        strategy=ns.strategy,
+        img_size=96,
+        epochs=8,
+        out=str(out),
+        overwrite=True,
+    )
+    if ns.json:
+        print(json.dumps(result.summary, indent=2))
+        return 0
+    _print_summary(result.summary, result.run_dir)
+    if result.linear_probe_test_accuracy is not None and result.test_accuracy is not None:
+        delta = result.test_accuracy - result.linear_probe_test_accuracy
+        print(
+            f"linear probe test accuracy: {result.linear_probe_test_accuracy:.4f}  ->  after fine-tuning: "
+            f"{result.test_accuracy:.4f} ({delta:+.4f})"
+        )
+    print(f"report: {result.run_dir / 'report.html'}")
+    print(f"reload with timm: timm.create_model('local-dir:{result.run_dir / 'model'}', pretrained=True)")
+    return 0
+
+
+def _cmd_layers(ns: argparse.Namespace) -> int:
+    import timm
+
+    from thaw.errors import ModelError
+    from thaw.models.groups import format_groups, layer_groups
+
+    try:
+        model = timm.create_model(ns.model, pretrained=False)
+    except RuntimeError as exc:
+        import difflib
+
+        close = difflib.get_close_matches(ns.model, timm.list_models(), n=3)
+        raise ModelError(
+            f"unknown model '{ns.model}'" + (f"; did you mean {', '.join(close)}?" if close else "")
+        ) from exc
+    print(f"{ns.model}: layer groups, input -> output (names for --groups; last-k counts up from the head)")
+    print(format_groups(layer_groups(model)))
+    return 0
+
+
+def _cmd_evaluate(ns: argparse.Namespace) -> int:
+    from thaw import api
+    from thaw.report.metrics import format_metrics_table
+
+    res = api.evaluate(ns.run_dir, ns.data, out=ns.out)
+    if ns.json:
+        print(json.dumps(res.metrics, indent=2))
+        return 0
+    for s in res.skipped:
+        print(f"skipped {s.path}: {s.reason}")
+    print(format_metrics_table(res.metrics))
+    print(f"wrote {res.path}")
+    return 0
+
+
+def _cmd_predict(ns: argparse.Namespace) -> int:
+    from thaw import api
+
+    preds, skipped = api.predict(ns.run_dir, ns.paths, top_k=ns.top_k)
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    for p in preds:
+        if ns.json:
+            print(json.dumps({"path": p.path, "top": [{"label": lab, "probability": pr} for lab, pr in p.top]}))
+        else:
+            print(f"{p.path}: " + ", ".join(f"{lab} {pr:.3f}" for lab, pr in p.top))
+    if ns.csv is not None:
+        with open(ns.csv, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            k = max((len(p.top) for p in preds), default=0)
+            header = ["path"]
+            for i in range(1, k + 1):
+                header += [f"label_{i}", f"probability_{i}"]
+            w.writerow(header)
+            for p in preds:
+                w.writerow([p.path, *[v for lab, pr in p.top for v in (lab, f"{pr:.6f}")]])
+            for s in skipped:
+                w.writerow([s.path, "", f"skipped: {s.reason}"])
+        print(f"wrote {ns.csv}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from thaw.errors import CheckpointError
+    from thaw.report.html import write_report
+
+    if not (ns.run_dir / "summary.json").exists():
+        raise CheckpointError(f"{ns.run_dir} has no summary.json: is it a finished thaw run directory?")
+    print(write_report(ns.run_dir))
+    return 0
+
+
+COMMANDS = {
+    "fit": _cmd_fit,
+    "demo": _cmd_demo,
+    "layers": _cmd_layers,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "report": _cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``thaw`` command; returns the exit code."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    _setup_logging(ns.quiet)
+    # SIGTERM (schedulers, `kill`) ends a run like Ctrl-C: the last epoch's checkpoint is already on disk
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return COMMANDS[ns.command](ns)
+    except ThawError as exc:
+        print(f"thaw: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "thaw: interrupted; the last finished epoch is checkpointed: continue with `thaw fit --resume RUN_DIR`",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""The runner applies a Phase to the model and trains it: the only place that flips ``requires_grad``.
+
+At each phase boundary it sets which parameters train and which modules run in eval mode, builds a fresh optimizer
+and scheduler over exactly the trainable parameters, and trains epoch by epoch with validation, early stopping,
+best-weights tracking, a wall-clock budget, and an atomic checkpoint after every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from thaw.config import FitConfig
+from thaw.data.cache import DecodedImages, ImageDataset
+from thaw.data.transforms import make_augment, normalize
+from thaw.models.groups import LayerGroup, module_groups
+from thaw.strategy.base import Phase, PhaseResult
+from thaw.train import checkpoint as ckpt
+from thaw.train.loop import (
+    EpochStats,
+    NonFiniteLossError,
+    WarmupCosine,
+    evaluate,
+    tensor_batches,
+    train_epoch,
+)
+
+__all__ = ["Runner", "EpochState", "phase_result_from_dict", "resolve_device", "resolve_amp"]
+
+log = logging.getLogger(__name__)
+
+MetricsSink = Callable[[dict[str, Any]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """autocast dtype for ``--amp``; fp16 without a GradScaler is unsafe, so fp16 is only used on CUDA."""
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    # auto: bf16 on CUDA devices that support it; off on CPU (measured: no gain for these models there)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class EpochState:
+    """Where a phase stands between epochs (what --resume needs beyond the tensors)."""
+
+    phase_index: int
+    epochs_done: int = 0
+    best_own_accuracy: float = -math.inf
+    best_own_loss: float = math.inf
+    best_own_epoch: int = 0
+    bad_epochs: int = 0
+    total_steps: int = 0
+    seconds: float = 0.0
+    images: int = 0
+    last_train_loss: float = math.nan
+    last_train_accuracy: float = math.nan
+    improved_overall_epoch: int = 0
+
+
+def phase_result_from_dict(d: dict[str, Any]) -> PhaseResult:
+    phase = Phase(
+        **{
+            **d["phase"],
+            "trainable": tuple(d["phase"]["trainable"]),
+            "lr_scales": {int(k): v for k, v in d["phase"]["lr_scales"].items()},
+        }
+    )
+    return PhaseResult(**{**d, "phase": phase})
+
+
+@dataclass
+class Runner:
+    """Trains ``model`` phase by phase on decoded images; holds the best weights seen so far."""
+
+    model: nn.Module
+    groups: Sequence[LayerGroup]
+    train_data: DecodedImages
+    val_data: DecodedImages
+    config: FitConfig
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+    run_dir: Path | None = None
+    sink: MetricsSink | None = None
+    progress: Callable[[str], None] | None = None
+    deadline: float | None = None
+    """time.monotonic() value after which no new epoch starts."""
+    class_weights: torch.Tensor | None = None
+    global_epoch: int = 0
+    best_val_accuracy: float = -math.inf
+    best_val_loss: float = math.inf
+    best_where: tuple[int, int] = (-1, 0)
+    """(phase index, epoch within phase) of the overall best weights."""
+    _overall_best: dict[str, torch.Tensor] = field(default_factory=dict)
+    _initial: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.config = self.config.resolved()
+        self.amp_dtype = resolve_amp(self.config.amp, self.device)
+        self.model.to(self.device)
+        if self.config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._params = dict(self.model.named_parameters())
+        self._module_group = module_groups(self.model, self.groups)
+        if not self._initial:
+            self._initial = {n: p.detach().clone() for n, p in self._params.items()}
+
+    # ----------------------------------------------------------------- phase application
+    def apply_phase(self, phase: Phase) -> None:
+        """requires_grad for exactly the phase's groups; everything else frozen."""
+        trainable = set(phase.trainable)
+        for gi, group in enumerate(self.groups):
+            for name in group.param_names:
+                self._params[name].requires_grad_(gi in trainable)
+
+    def set_modes(self, phase: Phase) -> None:
+        """Train mode, except modules of frozen groups (BN statistics, dropout) per the BatchNorm policy."""
+        self.model.train()
+        trainable = set(phase.trainable)
+        policy = self.config.bn if phase.bn_policy == "auto" else phase.bn_policy
+        for name, module in self.model.named_modules():
+            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if policy == "eval-all" and is_bn:
+                module.eval()
+            elif policy == "frozen-eval" and self._module_group.get(name, -1) not in trainable:
+                if name in self._module_group:
+                    module.eval()
+            # train-all: BatchNorm statistics update everywhere (parameters of frozen groups still do not train)
+
+    def _param_groups(self, phase: Phase) -> list[dict[str, Any]]:
+        out = []
+        for gi in phase.trainable:
+            lr = phase.lr * phase.scale(gi)
+            decay: list[nn.Parameter] = []
+            no_decay: list[nn.Parameter] = []
+            for name in self.groups[gi].param_names:
+                p = self._params[name]
+                # timm's convention: no weight decay on biases and normalisation weights (1-d tensors)
+                (no_decay if p.ndim <= 1 else decay).append(p)
+            name = self.groups[gi].name
+            if decay:
+                out.append({"params": decay, "lr": lr, "weight_decay": self.config.weight_decay, "group": name})
+            if no_decay:
+                out.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "group": name})
+        return out
+
+    def build_optimizer(
+        self, phase: Phase, steps_per_epoch: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, WarmupCosine]:
+        """A fresh optimizer over exactly the trainable parameters, and a per-step warmup+cosine schedule.
+
+        The schedule multiplies each parameter group's own initial lr, so layer-wise scales survive it.
+        """
+        groups = self._param_groups(phase)
+        cfg = self.config
+        opt: torch.optim.Optimizer
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=phase.lr, momentum=cfg.momentum, nesterov=True)
+        else:
+            opt = torch.optim.AdamW(groups, lr=phase.lr)
+        schedule = WarmupCosine(phase.epochs * steps_per_epoch, cfg.warmup)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return opt, sched, schedule
+
+    # ----------------------------------------------------------------- data
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.mean, self.std, channels_last=self.config.channels_last)
+
+    def _epoch_seed(self) -> int:
+        return self.config.seed * 100_003 + self.global_epoch
+
+    def _train_batches(self, augment: str, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        bs = self.config.batch_size
+        n = len(self.train_data)
+        aug = make_augment(augment, self.train_data.images.shape[-1])
+        if aug is not None and self.config.workers > 0:
+            loader = torch.utils.data.DataLoader(
+                ImageDataset(self.train_data, aug),
+                batch_size=bs,
+                sampler=order.tolist(),
+                num_workers=self.config.workers,
+                drop_last=n % bs == 1 and n > 1,
+                persistent_workers=False,
+                pin_memory=self.device.type == "cuda",
+            )
+            for x, y in loader:
+                yield self._normalize(x).to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            return
+
+        def transform(x: torch.Tensor) -> torch.Tensor:
+            if aug is not None:
+                x = torch.stack([aug(img) for img in x])
+            return self._normalize(x)
+
+        yield from tensor_batches(
+            self.train_data.images,
+            self.train_data.labels,
+            bs,
+            order=order,
+            transform=transform,
+            device=self.device,
+            drop_singleton=True,
+        )
+
+    def _eval_batches(self, data: DecodedImages) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return tensor_batches(
+            data.images, data.labels, self.config.batch_size * 2, transform=self._normalize, device=self.device
+        )
+
+    def predict_logits(self, data: DecodedImages) -> tuple[EpochStats, torch.Tensor]:
+        """Evaluate the current model on decoded images (eval mode, inference_mode)."""
+        self.model.eval()
+        return evaluate(self.model, self._eval_batches(data), amp_dtype=self.amp_dtype, device=self.device)
+
+    # ----------------------------------------------------------------- frozen-feature cache
+    def _cacheable(self, phase: Phase) -> bool:
+        """Exact only when nothing but the classifier trains, the rest runs in eval mode, and inputs are fixed."""
+        policy = self.config.bn if phase.bn_policy == "auto" else phase.bn_policy
+        if phase.augment != "none" or policy == "train-all":
+            return False
+        get_classifier = getattr(self.model, "get_classifier", None)
+        forward_head = getattr(self.model, "forward_head", None)
+        if get_classifier is None or forward_head is None:
+            return False
+        classifier = get_classifier()
+        if not isinstance(classifier, nn.Module):
+            return False
+        cls_params = {id(p) for p in classifier.parameters()}
+        trainable = [self._params[n] for gi in phase.trainable for n in self.groups[gi].param_names]
+        if not trainable or any(id(p) not in cls_params for p in trainable):
+            return False
+        # the classifier must be the only trainable module: any dropout before it would differ from pre_logits
+        return float(getattr(self.model, "drop_rate", 0.0) or 0.0) == 0.0
+
+    @torch.inference_mode()
+    def _features(self, data: DecodedImages) -> torch.Tensor:
+        self.model.eval()
+        feats = []
+        fwd_features: Callable[..., torch.Tensor] = getattr(self.model, "forward_features")  # noqa: B009
+        fwd_head: Callable[..., torch.Tensor] = getattr(self.model, "forward_head")  # noqa: B009
+        for x, _ in self._eval_batches(data):
+            feats.append(fwd_head(fwd_features(x), pre_logits=True).float())
+        return torch.cat(feats)
+
+    # ----------------------------------------------------------------- state
+    def _state_copy(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _drift(self) -> dict[str, float]:
+        out = {}
+        for group in self.groups:
+            num = sum(float((self._params[n].detach() - self._initial[n]).pow(2).sum()) for n in group.param_names)
+            den = sum(float(self._initial[n].pow(2).sum()) for n in group.param_names)
+            out[group.name] = math.sqrt(num) / max(math.sqrt(den), 1e-12)
+        return out
+
+    def restore_overall_best(self) -> None:
+        if self._overall_best:
+            self.model.load_state_dict(self._overall_best)
+
+    def _checkpoint(
+        self,
+        history: Sequence[PhaseResult],
+        epoch_state: EpochState | None,
+        opt: torch.optim.Optimizer | None,
+        elapsed: float,
+    ) -> None:
+        if self.run_dir is None:
+            return
+        tensors: dict[str, dict[str, torch.Tensor]] = {
+            "model": self.model.state_dict(),
+            "initial": self._initial,
+        }
+        if self._overall_best:
+            tensors["overall"] = self._overall_best
+        state: dict[str, Any] = {
+            "version": 1,
+            "global_epoch": self.global_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+            "best_val_loss": self.best_val_loss,
+            "best_where": list(self.best_where),
+            "history": [asdict(r) for r in history],
+            "epoch_state": asdict(epoch_state) if epoch_state is not None else None,
+            "elapsed_seconds": elapsed,
+            "rng": ckpt.rng_state(),
+        }
+        if opt is not None and epoch_state is not None:
+            opt_tensors, opt_meta = ckpt.optimizer_to_flat(opt)
+            tensors["optimizer"] = opt_tensors
+            state["optimizer"] = opt_meta
+        ckpt.save_checkpoint(self.run_dir / "checkpoints" / "last", tensors, state)
+
+    def load_state(self, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> None:
+        """Restore weights and counters from a checkpoint (the optimizer is restored in run_phase)."""
+        self.model.load_state_dict(tensors["model"])
+        self._initial = {k: v.to(self.device) for k, v in tensors["initial"].items()}
+        self._overall_best = {k: v.to(self.device) for k, v in tensors.get("overall", {}).items()}
+        self.global_epoch = state["global_epoch"]
+        self.best_val_accuracy = state["best_val_accuracy"]
+        self.best_val_loss = state["best_val_loss"]
+        self.best_where = (state["best_where"][0], state["best_where"][1])
+        self._resume_opt = (tensors.get("optimizer"), state.get("optimizer"))
+        ckpt.set_rng(state["rng"])
+
+    # ----------------------------------------------------------------- training
+    def run_phase(
+        self,
+        index: int,
+        phase: Phase,
+        history: Sequence[PhaseResult],
+        *,
+        resume: EpochState | None = None,
+        elapsed_before: float = 0.0,
+    ) -> PhaseResult:
+        """Train one phase to its end (epochs, early stopping, time budget or a numerical fault)."""
+        cfg = self.config
+        names = [g.name for g in self.groups]
+        self.apply_phase(phase)
+        cached = self._cacheable(phase)
+        n_train = len(self.train_data)
+        bs = cfg.batch_size
+        steps_per_epoch = max(1, n_train // bs + (1 if n_train % bs > 1 or n_train < bs else 0))
+        opt, sched, schedule = self.build_optimizer(phase, steps_per_epoch)
+        st = resume or EpochState(phase_index=index, total_steps=schedule.total_steps)
+        if resume is not None:
+            schedule.total_steps = resume.total_steps
+            opt_tensors, opt_meta = getattr(self, "_resume_opt", (None, None))
+            if opt_meta is not None:
+                ckpt.optimizer_from_flat(opt, opt_tensors or {}, opt_meta)
+            sched.last_epoch = st.epochs_done * steps_per_epoch
+            # LambdaLR sets lr from base_lrs * factor(last_epoch) on the next step; put the current lr in place now
+            for g, base in zip(opt.param_groups, sched.base_lrs, strict=True):
+                g["lr"] = base * schedule(sched.last_epoch)
+
+        grad_groups = {gi: [self._params[n] for n in self.groups[gi].param_names] for gi in phase.trainable}
+        if cached:
+            classifier = self.model.get_classifier()  # type: ignore[operator]
+            t0 = time.perf_counter()
+            train_feats, val_feats = self._features(self.train_data), self._features(self.val_data)
+            log.info(
+                "cached %d frozen feature vectors in %.1fs", len(train_feats) + len(val_feats), time.perf_counter() - t0
+            )
+            st.seconds += time.perf_counter() - t0
+        phase_start = time.monotonic()
+        stopped = "completed"
+        epoch_time: float | None = None
+        while st.epochs_done < phase.epochs:
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0 or (epoch_time is not None and epoch_time > left):
+                    stopped = "time-budget"
+                    break
+            torch.manual_seed(self._epoch_seed())
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(self._epoch_seed()))
+            t_epoch = time.perf_counter()
+            self.set_modes(phase)
+            try:
+                if cached:
+                    classifier.train()
+                    stats = train_epoch(
+                        classifier,
+                        tensor_batches(train_feats, self.train_data.labels, bs, order=order, device=self.device),
+                        opt,
+                        sched,
+                        label_smoothing=cfg.label_smoothing,
+                        class_weights=self.class_weights,
+                        amp_dtype=None,
+                        device=self.device,
+                        grad_groups=grad_groups,
+                    )
+                    classifier.eval()
+                    val_stats, _ = evaluate(
+                        classifier,
+                        tensor_batches(val_feats, self.val_data.labels, bs * 2, device=self.device),
+                        device=self.device,
+                    )
+                else:
+                    stats = train_epoch(
+                        self.model,
+                        self._train_batches(phase.augment, order),
+                        opt,
+                        sched,
+                        label_smoothing=cfg.label_smoothing,
+                        class_weights=self.class_weights,
+                        amp_dtype=self.amp_dtype,
+                        device=self.device,
+                        grad_groups=grad_groups,
+                    )
+                    val_stats, _ = self.predict_logits(self.val_data)
+            except NonFiniteLossError as exc:
+                log.warning("phase %s: %s; restoring the best weights and ending the phase", phase.name, exc)
+                self.restore_overall_best()
+                stopped = "non-finite-loss"
+                break
+            seconds = time.perf_counter() - t_epoch
+            epoch_time = seconds
+            st.epochs_done += 1
+            self.global_epoch += 1
+            st.seconds += seconds
+            st.images += stats.images
+            st.last_train_loss, st.last_train_accuracy = stats.loss, stats.accuracy
+
+            own_better = val_stats.accuracy > st.best_own_accuracy or (
+                val_stats.accuracy == st.best_own_accuracy and val_stats.loss < st.best_own_loss
+            )
+            if own_better:
+                st.best_own_accuracy, st.best_own_loss, st.best_own_epoch = (
+                    val_stats.accuracy,
+                    val_stats.loss,
+                    st.epochs_done,
+                )
+                st.bad_epochs = 0
+            else:
+                st.bad_epochs += 1
+            if val_stats.accuracy > self.best_val_accuracy or (
+                val_stats.accuracy == self.best_val_accuracy and val_stats.loss < self.best_val_loss
+            ):
+                self.best_val_accuracy, self.best_val_loss = val_stats.accuracy, val_stats.loss
+                self.best_where = (index, st.epochs_done)
+                self._overall_best = self._state_copy()
+                st.improved_overall_epoch = st.epochs_done
+
+            row = {
+                "epoch": self.global_epoch,
+                "phase": index,
+                "phase_name": phase.name,
+                "phase_epoch": st.epochs_done,
+                "trainable_groups": [names[i] for i in phase.trainable],
+                "lr": _head_lr(opt, names[-1]),
+                "lrs": {g["group"]: g["lr"] for g in opt.param_groups},
+                "train_loss": stats.loss,
+                "train_accuracy": stats.accuracy,
+                "val_loss": val_stats.loss,
+                "val_accuracy": val_stats.accuracy,
+                "seconds": seconds,
+                "images_per_second": stats.images_per_second,
+                "cached_features": cached,
+                "group_drift": self._drift(),
+                "grad_norm": {names[g]: v for g, v in stats.grad_norm.items()},
+            }
+            if self.sink is not None:
+                self.sink(row)
+            if self.progress is not None:
+                self.progress(
+                    f"epoch {self.global_epoch:>3} [{phase.name} {st.epochs_done}/{phase.epochs}] "
+                    f"train loss {stats.loss:.3f} acc {stats.accuracy:.3f} | val loss {val_stats.loss:.3f} "
+                    f"acc {val_stats.accuracy:.3f} | {stats.images_per_second:.0f} img/s {seconds:.1f}s"
+                )
+            # a time budget shortens the cosine so that it still ends at zero within the budget
+            if self.deadline is not None and st.epochs_done == 1 and not cached:
+                left = self.deadline - time.monotonic()
+                fit = st.epochs_done + max(0, int(left / max(seconds, 1e-6)))
+                if fit < phase.epochs:
+                    schedule.total_steps = max(1, fit * steps_per_epoch)
+                    st.total_steps = schedule.total_steps
+                    log.info("time budget: phase %s shortened to %d epochs", phase.name, fit)
+            ends = st.epochs_done >= phase.epochs or (phase.patience and st.bad_epochs >= phase.patience)
+            if phase.patience and st.bad_epochs >= phase.patience and st.epochs_done < phase.epochs:
+                stopped = "early-stopped"
+            if ends:
+                break
+            self._checkpoint(history, st, opt, elapsed_before + time.monotonic() - phase_start)
+
+        self.restore_overall_best()
+        result = PhaseResult(
+            index=index,
+            phase=phase,
+            epochs_run=st.epochs_done,
+            best_epoch=st.improved_overall_epoch,
+            best_val_accuracy=st.best_own_accuracy if st.epochs_done else float("nan"),
+            best_val_loss=st.best_own_loss if st.epochs_done else float("nan"),
+            last_train_loss=st.last_train_loss,
+            last_train_accuracy=st.last_train_accuracy,
+            seconds=st.seconds,
+            images_per_second=st.images / st.seconds if st.seconds else 0.0,
+            stopped=stopped,
+            cached_features=cached,
+        )
+        self._checkpoint([*history, result], None, None, elapsed_before + time.monotonic() - phase_start)
+        return result
+
+
+def _head_lr(opt: torch.optim.Optimizer, head_name: str) -> float:
+    for g in opt.param_groups:
+        if g.get("group") == head_name:
+            return float(g["lr"])
+    return float(opt.param_groups[-1]["lr"])

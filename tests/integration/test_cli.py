@@ -1,0 +1,377 @@
+"""The CLI end to end, the way a user runs it: real images, real pretrained weights, small resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import thaw
+from tests.conftest import write_image_folder
+from thaw.cli import main
+from thaw.data.sample import sample_data_dir
+
+SRC = str(Path(thaw.__file__).resolve().parents[1])
+
+
+def _tree(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "plots" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def lite0_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real fine-tuning run of the built-in Lite0 on the embedded sample data (64 px, last-k)."""
+    data = sample_data_dir()
+    out = tmp_path_factory.mktemp("runs") / "lite0"
+    code = main(
+        [
+            "fit",
+            str(data / "train"),
+            "--val",
+            str(data / "val"),
+            "--test",
+            str(data / "test"),
+            "--model",
+            "efficientnet_lite0",
+            "--strategy",
+            "last-k",
+            "--k",
+            "2",
+            "--img-size",
+            "64",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_fit_writes_the_run_directory_contract(lite0_run: Path) -> None:
+    tree = _tree(lite0_run)
+    for required in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "audit.json",
+        "eval.json",
+        "predictions.jsonl",
+        "model/config.json",
+        "model/model.safetensors",
+        "checkpoints/last/state.json",
+        "checkpoints/last/model.safetensors",
+        "report.html",
+    ):
+        assert required in tree, required
+    assert not any(p.startswith("cache") for p in tree)  # the decode cache is removed at the end
+    summary = json.loads((lite0_run / "summary.json").read_text())
+    for key in (
+        "strategy",
+        "model",
+        "classes",
+        "phases",
+        "best_val_accuracy",
+        "test_accuracy",
+        "wall_seconds",
+        "train_images_per_second",
+        "decisions",
+    ):
+        assert key in summary, key
+    assert summary["strategy"] == "last-k" and summary["model"] == "efficientnet_lite0"
+    assert summary["model_source"].startswith("builtin")
+    (phase,) = summary["phases"]
+    assert phase["trainable_groups"] == ["blocks.5", "blocks.6", "head"]
+    for key in ("index", "trainable_groups", "epochs", "best_val_accuracy", "reason"):
+        assert key in phase
+    assert len(summary["classes"]) == 10
+    assert summary["test_accuracy"] > 0.3  # 10 classes: far above chance after 2 epochs at 64 px
+    rows = [json.loads(line) for line in (lite0_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in (
+        "epoch",
+        "phase",
+        "trainable_groups",
+        "lr",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "seconds",
+        "images_per_second",
+    ):
+        assert key in rows[0], key
+    audit = json.loads((lite0_run / "audit.json").read_text())
+    assert set(audit) >= {"classes", "skipped", "duplicates"}
+    assert audit["classes"]["Trouser"]["train"] == 40
+
+
+def test_exported_model_reloads_in_plain_timm_with_identical_logits(lite0_run: Path) -> None:
+    reloaded = timm.create_model(f"local-dir:{lite0_run / 'model'}", pretrained=True).eval()
+    model, labels, cfg = thaw.load_run(lite0_run).load_model()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(reloaded(x), model(x), rtol=0, atol=0)
+    assert labels == json.loads((lite0_run / "summary.json").read_text())["classes"]
+    assert reloaded.pretrained_cfg["input_size"][-1] == 64
+
+
+def test_evaluate_and_predict(lite0_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    test_dir = sample_data_dir() / "test"
+    assert main(["evaluate", str(lite0_run), str(test_dir), "--out", str(tmp_path / "eval.json")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out.lower() and "Trouser" in out
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    summary = json.loads((lite0_run / "summary.json").read_text())
+    assert ev["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    assert len(ev["confusion_matrix"]) == 10
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    img = next((test_dir / "Trouser").iterdir())
+    csv_path = tmp_path / "preds.csv"
+    assert (
+        main(
+            [
+                "predict",
+                str(lite0_run),
+                str(img),
+                str(bad),
+                str(test_dir / "Bag"),
+                "--top-k",
+                "3",
+                "--csv",
+                str(csv_path),
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and "skipped" in captured.err
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1 + len(list((test_dir / "Bag").iterdir()))
+    assert csv_path.read_text().splitlines()[0].startswith("path,label_1,probability_1")
+
+
+def test_python_api_mirrors_the_cli(tiny_folders: dict[str, Path], tmp_path: Path) -> None:
+    r = thaw.fit(
+        tiny_folders["train"],
+        test=str(tiny_folders["test"]),
+        model="test_efficientnet",
+        random_init=True,
+        strategy="lp-ft",
+        img_size=32,
+        epochs=1,
+        probe_epochs=2,
+        out=str(tmp_path / "api"),
+    )
+    assert isinstance(r, thaw.FitResult)
+    assert r.test_accuracy is not None and 0.0 <= r.test_accuracy <= 1.0
+    assert [p["name"] for p in r.summary["phases"]] == ["linear-probe", "fine-tune"]
+    assert r.summary["phases"][0]["cached_features"] is True
+    assert r.linear_probe_test_accuracy is not None
+    run = thaw.load_run(r.run_dir)
+    assert run.summary["test_accuracy"] == r.test_accuracy
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["fit", str(empty), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("thaw: error:") and "Traceback" not in err
+    assert main(["fit", str(tmp_path / "missing"), "--strategy", "lastk"]) == 2
+    assert "did you mean 'last-k'" in capsys.readouterr().err
+    one = write_image_folder(tmp_path / "one", {"cats": 3})
+    assert main(["fit", str(one), "--out", str(tmp_path / "r2")]) == 2
+    assert "at least two" in capsys.readouterr().err
+    assert main(["layers", "efficientnet_lite1x"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nope"), str(one)]) == 2
+
+
+def test_layers_prints_groups(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["layers", "efficientnet_lite0"]) == 0
+    out = capsys.readouterr().out
+    assert "stem" in out and "blocks.6" in out and "head" in out
+
+
+def _broken_folder(root: Path) -> dict[str, str]:
+    """Train folder with the broken files users have; returns file name -> expected reason fragment."""
+    write_image_folder(root, {"a": 8, "b": 8})
+    d = root / "a"
+    good = np.asarray(Image.open(next(d.glob("*.jpg"))).convert("RGB"))
+    buf = d / "truncated.jpg"
+    Image.fromarray(good).save(buf, quality=95)
+    buf.write_bytes(buf.read_bytes()[: len(buf.read_bytes()) // 2])
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "text.png").write_text("hello, I am not a picture\n")
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(root / "b" / "deep16.png")
+    Image.fromarray(good).convert("CMYK").save(root / "b" / "cmyk.jpg")
+    pal = Image.fromarray(good).convert("P")
+    pal.info["transparency"] = 0
+    pal.save(root / "b" / "palette.png", transparency=0)
+    return {"truncated.jpg": "truncat", "zero.jpg": "empty", "text.png": "not an image"}
+
+
+def test_fit_on_broken_files_finishes_and_lists_each_skip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expected = _broken_folder(tmp_path / "train")
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "train"),
+                "--model",
+                "test_efficientnet",
+                "--random-init",
+                "--img-size",
+                "32",
+                "--strategy",
+                "linear",
+                "--probe-epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    audit = json.loads((out / "audit.json").read_text())
+    skipped = {Path(s["path"]).name: s["reason"] for s in audit["skipped"]}
+    assert set(skipped) == set(expected)
+    for name, fragment in expected.items():
+        assert fragment in skipped[name].lower(), (name, skipped[name])
+        assert name in err
+    # the decodable odd formats were used, not skipped
+    assert audit["classes"]["b"]["train"] == 11
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "train"),
+                "--strict",
+                "--model",
+                "test_efficientnet",
+                "--random-init",
+                "--out",
+                str(tmp_path / "strict"),
+            ]
+        )
+        == 2
+    )
+
+
+def _fit_cmd(train: Path, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "thaw",
+        "fit",
+        str(train),
+        "--model",
+        "test_resnet",
+        "--random-init",
+        "--img-size",
+        "48",
+        "--strategy",
+        "full",
+        "--epochs",
+        "3",
+        "--patience",
+        "0",
+        "--batch-size",
+        "16",
+        "--augment",
+        "light",
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.mark.slow
+def test_kill_during_epoch_two_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    train = write_image_folder(tmp_path / "train", {"a": 90, "b": 90, "c": 90}, size=48)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "2"}
+    ref = tmp_path / "ref"
+    subprocess.run(_fit_cmd(train, ref), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_fit_cmd(train, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "checkpoints" / "last" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # epoch 1 checkpointed: epoch 2 is running
+        if state.exists():
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists()
+    done = subprocess.run(
+        [sys.executable, "-m", "thaw", "fit", "--resume", str(run)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    a = json.loads((ref / "summary.json").read_text())
+    b = json.loads((run / "summary.json").read_text())
+    assert b["best_val_accuracy"] == pytest.approx(a["best_val_accuracy"], abs=1e-6)
+    assert b["test_accuracy"] == a["test_accuracy"]
+    assert b["phases"][0]["best_val_loss"] == pytest.approx(a["phases"][0]["best_val_loss"], rel=1e-5)
+    ra = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rb] == [1, 2, 3]
+    for x, y in zip(ra, rb, strict=True):
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
+        assert y["val_loss"] == pytest.approx(x["val_loss"], rel=1e-5)
+
+
+def test_cli_runs_as_a_subprocess(tiny_folders: dict[str, Path], tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "thaw", "--version"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("thaw ")
+    out = tmp_path / "sub"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "thaw",
+            "fit",
+            str(tiny_folders["train"]),
+            "--model",
+            "test_vit",
+            "--random-init",
+            "--img-size",
+            "32",
+            "--strategy",
+            "gradual",
+            "--gradual-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--probe-epochs",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["phases"][-1]["trainable_groups"][0] == "stem"
+    shutil.rmtree(out)

@@ -1,0 +1,67 @@
+"""Smoke test of the benchmark harness: a tiny task through the linear probe and the tutorial fine-tune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from bench.baselines import linear_probe, machine_info, plain_finetune
+from bench.fashion import TASKS, draw_indices, materialize
+from bench.make_sample_data import IDX_DIR, load_split
+
+KEYS = {
+    "method",
+    "task",
+    "seed",
+    "test_acc_best_val",
+    "test_acc_last",
+    "best_val_acc",
+    "epochs",
+    "wall_seconds",
+    "train_images_per_second",
+    "notes",
+}
+
+
+def test_fashion100_draw_follows_the_protocol() -> None:
+    _, train_y = load_split("train", IDX_DIR)
+    _, test_y = load_split("t10k", IDX_DIR)
+    drawn = draw_indices("fashion100", 0, train_y, test_y)
+    assert [len(drawn[s]) for s in ("train", "val", "test")] == [1000, 500, 2000]
+    train_idx = {i for i, _ in drawn["train"]}
+    assert train_idx.isdisjoint(i for i, _ in drawn["val"])
+    assert all(train_y[i] == label for i, label in drawn["train"] + drawn["val"])
+    # Protocol: per class, default_rng(seed) over that class's train indices; test from default_rng(12345).
+    expected_first = np.random.default_rng(0).permutation(np.flatnonzero(train_y == 0))[:100]
+    assert [i for i, label in drawn["train"] if label == 0] == expected_first.tolist()
+    expected_test = np.random.default_rng(12345).choice(10000, 2000, replace=False)
+    assert [i for i, _ in drawn["test"]] == expected_test.tolist()
+    # Test set does not depend on the seed; train does.
+    other = draw_indices("fashion100", 1, train_y, test_y)
+    assert other["test"] == drawn["test"] and other["train"] != drawn["train"]
+
+
+def test_tiny_task_through_probe_and_finetune(tmp_path: Path) -> None:
+    task_dir = materialize("tiny", 0, tmp_path)
+    spec = TASKS["tiny"]
+    counts = {s: len(list((task_dir / s).rglob("*.png"))) for s in ("train", "val", "test")}
+    assert counts == {"train": 10 * spec.train_per_class, "val": 10 * spec.val_per_class, "test": spec.test_images}
+    manifest = (task_dir / "manifest.json").stat().st_mtime_ns
+    assert materialize("tiny", 0, tmp_path) == task_dir  # idempotent: nothing rewritten
+    assert (task_dir / "manifest.json").stat().st_mtime_ns == manifest
+
+    for res in (
+        linear_probe(task_dir, budget=15, size=32, seed=0),
+        plain_finetune(task_dir, budget=8, size=32, seed=0),
+    ):
+        assert KEYS <= res.keys()
+        assert res["task"] == "tiny" and res["seed"] == 0
+        for key in ("test_acc_best_val", "test_acc_last", "best_val_acc"):
+            assert 0.0 <= res[key] <= 1.0, key
+        assert res["wall_seconds"] > 0 and res["train_images_per_second"] > 0
+        json.dumps(res)  # one JSON line per run
+    assert res["method"] == "plain_finetune"
+    # The budget is checked between epochs, so it can be exceeded by about one (possibly slow) epoch.
+    assert 1 <= res["epochs"] and res["wall_seconds"] < 8 + 20
+    assert machine_info()["cores"] >= 1

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thaw.config import FitConfig, parse_duration
+from thaw.errors import ConfigError
+
+
+def test_defaults_validate_and_round_trip_yaml(tmp_path: Path) -> None:
+    cfg = FitConfig.from_dict({"train": "data/train", "strategy": "last-k", "k": 3, "time_budget": "5m"})
+    assert cfg.time_budget == 300.0
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert FitConfig.from_yaml(path) == cfg
+    assert FitConfig.from_yaml(path, k=1).k == 1
+
+
+def test_all_problems_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as err:
+        FitConfig.from_dict({"train": "x", "strategy": "lastk", "epochs": 0, "lr": -1.0, "val_fraction": 1.5})
+    msg = str(err.value)
+    assert "did you mean 'last-k'" in msg
+    assert "--epochs" in msg and "--lr" in msg and "--val-fraction" in msg
+
+
+def test_unknown_option_suggests_the_right_name() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        FitConfig.from_dict({"train": "x", "epoch": 3})
+
+
+def test_groups_strategy_needs_groups() -> None:
+    with pytest.raises(ConfigError, match="--groups"):
+        FitConfig.from_dict({"train": "x", "strategy": "groups"})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("300", 300.0), ("90s", 90.0), ("5m", 300.0), ("1.5h", 5400.0)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_parse_duration_rejects_garbage() -> None:
+    with pytest.raises(ConfigError, match="duration"):
+        parse_duration("five minutes")
