@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +33,27 @@ EXAMPLES = """examples:
 """
 
 
-def _setup_logging(quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class _ConsoleHandler(logging.Handler):
+    """Plain lines on the *current* sys.stderr; warnings prefixed. Rank 0 of a distributed run alone prints."""
 
-    class _Fmt(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            msg = record.getMessage()
-            return f"warning: {msg}" if record.levelno >= logging.WARNING else msg
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        print(f"warning: {msg}" if record.levelno >= logging.WARNING else msg, file=sys.stderr, flush=True)
 
-    handler.setFormatter(_Fmt())
-    log.handlers[:] = [handler]
+
+def _setup_logging(quiet: bool) -> Callable[[], None]:
+    """Attach the console handler to the ``thaw`` logger; returns a function that undoes it (in-process callers,
+    such as tests, get their logging back unchanged)."""
+    saved = (list(log.handlers), log.level, log.propagate)
+    log.handlers[:] = [_ConsoleHandler()]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
+
+    def restore() -> None:
+        log.handlers[:], level, log.propagate = saved[0], saved[1], saved[2]
+        log.setLevel(level)
+
+    return restore
 
 
 def _annotation_type(annotation: str) -> tuple[type | None, bool]:
@@ -304,9 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 2
-    _setup_logging(ns.quiet)
+    restore_logging = _setup_logging(ns.quiet)
     # SIGTERM (schedulers, `kill`) ends a run like Ctrl-C: the last epoch's checkpoint is already on disk
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        previous = None
     try:
         return COMMANDS[ns.command](ns)
     except ThawError as exc:
@@ -319,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        restore_logging()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
