@@ -39,6 +39,7 @@ __all__ = ["fit", "evaluate", "predict", "load_run", "FitResult", "EvalResult", 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+StepHook = Callable[[str, int, int, float, float, float], None]
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -158,6 +159,7 @@ def fit(
     resume: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    on_step: StepHook | None = None,
     **options: Any,
 ) -> FitResult:
     """Fine-tune a pretrained classifier on an image folder or CSV manifest and write a run directory.
@@ -168,6 +170,8 @@ def fit(
         resume: continue the interrupted run in this directory (its config.yaml is used).
         overwrite: replace a non-empty ``out`` directory.
         progress: called with one line per epoch; default: the ``thaw`` logger at INFO.
+        on_step: called after every training step with (phase name, step, steps per epoch, mean loss, accuracy,
+            images/second), for a live progress bar.
         **options: any FitConfig field, e.g. ``strategy="last-k", k=2, epochs=5, img_size=96``.
 
     Returns:
@@ -188,9 +192,9 @@ def fit(
         last = run_dir / "checkpoints" / "last"
         if not (last / "state.json").exists() and not (last.parent / "last.prev" / "state.json").exists():
             log.warning("%s has no finished epoch to resume from: starting the run again", run_dir)
-            return _fit_interruptible(cfg, run_dir, progress, None)
+            return _fit_interruptible(cfg, run_dir, progress, None, on_step)
         tensors, state = ckpt.load_checkpoint(last)
-        return _fit_interruptible(cfg, run_dir, progress, (tensors, state))
+        return _fit_interruptible(cfg, run_dir, progress, (tensors, state), on_step)
     if config is None:
         if train is None:
             raise ConfigError("fit() needs training data: fit('data/train', ...) or fit(config=FitConfig(...))")
@@ -200,7 +204,7 @@ def fit(
     run_dir = _prepare_run_dir(Path(config.out) if config.out else _default_out(config), overwrite)
     config = config.replace(out=str(run_dir)).resolved()
     (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    return _fit_interruptible(config, run_dir, progress, None)
+    return _fit_interruptible(config, run_dir, progress, None, on_step)
 
 
 def _fit_interruptible(
@@ -208,9 +212,10 @@ def _fit_interruptible(
     run_dir: Path,
     progress: Progress | None,
     resume_from: tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None,
+    on_step: StepHook | None = None,
 ) -> FitResult:
     try:
-        return _fit(cfg, run_dir, progress, resume_from)
+        return _fit(cfg, run_dir, progress, resume_from, on_step)
     except KeyboardInterrupt:
         if (run_dir / "checkpoints" / "last" / "state.json").exists():
             log.warning("interrupted: continue this run with `thaw fit --resume %s`", run_dir)
@@ -224,6 +229,7 @@ def _fit(
     run_dir: Path,
     progress: Progress | None,
     resume_from: tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None,
+    on_step: StepHook | None = None,
 ) -> FitResult:
     started = time.monotonic()
     elapsed_before = float(resume_from[1].get("elapsed_seconds", 0.0)) if resume_from else 0.0
@@ -240,7 +246,12 @@ def _fit(
             _strict_check(cfg, sc.skipped, name)
 
     loaded = load_model(
-        cfg.model, len(classes), weights=cfg.weights, random_init=cfg.random_init, img_size=cfg.img_size
+        cfg.model,
+        len(classes),
+        weights=cfg.weights,
+        random_init=cfg.random_init,
+        pretrained=True if cfg.pretrained else None,
+        img_size=cfg.img_size,
     )
     model = loaded.model
     pre = Preprocess.from_data_config(loaded.data_config, cfg.img_size)
@@ -321,6 +332,7 @@ def _fit(
         sink=_JsonlSink(run_dir / "metrics.jsonl"),
         progress=say,
         deadline=deadline,
+        on_step=on_step,
     )
     strategy = make_strategy(cfg.strategy)
     history: list[PhaseResult] = []
@@ -364,6 +376,7 @@ def _fit(
         if index == 0 and phase.trainable == (len(groups) - 1,) and test_data is not None:
             probe_test = float(runner.predict_logits(test_data)[0].accuracy)
     runner.restore_overall_best()
+    warnings.extend(runner.warnings)
 
     # 3. evaluate the best weights once on the test set (val when there is none)
     eval_split, eval_data = ("test", test_data) if test_data is not None else ("val", val_data)

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -38,7 +39,23 @@ class _ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        print(f"warning: {msg}" if record.levelno >= logging.WARNING else msg, file=sys.stderr, flush=True)
+        if record.levelno >= logging.WARNING:
+            msg = f"\x1b[33mwarning:\x1b[0m {msg}" if _tty() else f"warning: {msg}"
+        # on a terminal, first clear a live progress bar from the line
+        print(("\r\x1b[K" if _tty() else "") + msg, file=sys.stderr, flush=True)
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def _step_bar(phase: str, step: int, total: int, loss: float, acc: float, ips: float) -> None:
+    """A live per-epoch progress bar on terminals (nothing when stderr is a file or pipe)."""
+    width = 24
+    done = min(width, round(width * step / max(total, 1)))
+    bar = "#" * done + "." * (width - done)
+    sys.stderr.write(f"\r\x1b[K  {phase} [{bar}] {step}/{total} loss {loss:.3f} acc {acc:.3f} {ips:.0f} img/s")
+    sys.stderr.flush()
 
 
 def _setup_logging(quiet: bool) -> Callable[[], None]:
@@ -173,7 +190,7 @@ def _cmd_fit(ns: argparse.Namespace) -> int:
 
     values = _config_values(ns)
     if ns.resume is not None:
-        result = api.fit(resume=ns.resume, progress=None, **values)
+        result = api.fit(resume=ns.resume, on_step=_step_bar if _tty() and not ns.quiet else None, **values)
     else:
         if ns.config is not None:
             if ns.train_path:
@@ -183,7 +200,7 @@ def _cmd_fit(ns: argparse.Namespace) -> int:
             if not ns.train_path:
                 raise ThawError("thaw fit needs training data: thaw fit data/train [options] (see thaw fit --help)")
             cfg = FitConfig.from_dict({"train": ns.train_path, **values})
-        result = api.fit(config=cfg, overwrite=ns.overwrite)
+        result = api.fit(config=cfg, overwrite=ns.overwrite, on_step=_step_bar if _tty() and not ns.quiet else None)
     if ns.json:
         print(json.dumps(result.summary, indent=2))
     else:
@@ -208,6 +225,7 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
         epochs=8,
         out=str(out),
         overwrite=True,
+        on_step=_step_bar if _tty() else None,
     )
     if ns.json:
         print(json.dumps(result.summary, indent=2))
@@ -322,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[ns.command](ns)
     except ThawError as exc:
-        print(f"thaw: error: {exc}", file=sys.stderr)
+        print(("\x1b[31mthaw: error:\x1b[0m " if _tty() else "thaw: error: ") + str(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -48,6 +48,11 @@ class FitConfig:
     weights: str | None = _f(
         None, "local weights: .safetensors, .pth (loaded with weights_only) or a timm model folder"
     )
+    pretrained: bool = _f(
+        False,
+        "download the model's pretrained weights from the timm/Hugging Face hub (needs network; "
+        "efficientnet_lite0 otherwise uses its built-in offline weights)",
+    )
     random_init: bool = _f(False, "train from random initialisation instead of pretrained weights")
     img_size: int | None = _f(None, "input resolution in pixels; default: the model's pretrained config")
     # strategy
@@ -74,6 +79,12 @@ class FitConfig:
         "BatchNorm policy: auto (eval-all with pretrained weights, frozen-eval from random init), frozen-eval (BN of "
         "frozen groups in eval mode, thawed BN trains), eval-all (every BN keeps its pretrained statistics), train-all",
     )
+    l2sp: float | None = _f(
+        None,
+        "L2-SP: pull thawed pretrained weights toward their start with this alpha "
+        "(Li et al. 2018 use 0.1; the new head gets alpha/10)",
+    )
+    balance: str = _f("none", "class imbalance: none, weighted (class-weighted loss) or sampler (balanced sampling)")
     patience: int = _f(3, "early stopping: epochs without validation improvement before a phase ends (0: off)")
     time_budget: float | None = _f(None, "wall-clock budget for training, e.g. 300, 5m, 1h (phases end early)")
     # machine
@@ -165,6 +176,9 @@ class FitConfig:
         choice("bn", self.bn, BN_POLICIES)
         choice("amp", self.amp, AMP_MODES)
         choice("device", self.device, DEVICES)
+        choice("balance", self.balance, ("none", "weighted", "sampler"))
+        if self.l2sp is not None and self.l2sp < 0:
+            problems.append(f"--l2sp must be >= 0 (got {self.l2sp})")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
         for name in ("epochs", "probe_epochs", "gradual_epochs", "batch_size"):
@@ -195,6 +209,8 @@ class FitConfig:
             problems.append("--strategy groups needs --groups NAMES (see `thaw layers MODEL` for the names)")
         if self.random_init and self.weights:
             problems.append("--random-init and --weights contradict each other: pass one")
+        if self.random_init and self.pretrained:
+            problems.append("--random-init and --pretrained contradict each other: pass one")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
 

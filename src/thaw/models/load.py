@@ -348,7 +348,8 @@ def load_model(
             a built-in offline model (``efficientnet_lite0``).
         num_classes: number of outputs of the classifier.
         weights: a weights file or a timm model folder to initialise from.
-        pretrained: False is the same as ``random_init=True``; None or True load pretrained weights.
+        pretrained: False is the same as ``random_init=True``; None loads pretrained weights (built-in offline ones
+            where thaw has them); True asks the hub even for a built-in model.
         random_init: train from timm's random initialisation (never chosen silently).
         drop_rate: dropout before the classifier.
         img_size: input size, passed to architectures with a fixed input size (ViTs) so they are built for it.
@@ -397,7 +398,7 @@ def load_model(
             model, str(_pretrained_cfg(model).get("architecture", arch)), _resolve_data_config(model), "random-init"
         )
 
-    if name in BUILTIN_MODELS:
+    if name in BUILTIN_MODELS and pretrained is not True:
         entry = BUILTIN_MODELS[name]
         state = builtin_state_dict(name)
         # The overlay puts the weights' real preprocessing into model.pretrained_cfg, so timm's

@@ -76,8 +76,13 @@ def train_epoch(
     amp_dtype: torch.dtype | None = None,
     device: torch.device,
     grad_groups: dict[int, list[nn.Parameter]] | None = None,
+    regularizer: Callable[[], torch.Tensor] | None = None,
+    on_step: Callable[[int, float, float, float], None] | None = None,
 ) -> EpochStats:
     """Train over ``batches`` once; returns the mean loss and accuracy over the images seen.
+
+    ``regularizer`` (e.g. L2-SP) is added to the objective but not to the reported loss; ``on_step`` is called after
+    every step with (steps done, mean loss, accuracy, images/second) for a progress display.
 
     Raises:
         NonFiniteLossError: a batch produced a NaN/inf loss (the caller restores good weights).
@@ -95,7 +100,8 @@ def train_epoch(
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss became {loss.item()} at step {steps}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        objective = loss + regularizer() if regularizer is not None else loss
+        objective.backward()  # type: ignore[no-untyped-call]
         if grad_groups:
             for g, params in grad_groups.items():
                 grads = [p.grad for p in params if p.grad is not None]
@@ -110,6 +116,8 @@ def train_epoch(
         total_loss += loss.detach().double() * n
         correct += int((logits.argmax(1) == labels).sum())
         seen += n
+        if on_step is not None:
+            on_step(steps, float(total_loss) / seen, correct / seen, seen / (time.perf_counter() - start))
     seconds = time.perf_counter() - start
     return EpochStats(
         loss=float(total_loss) / max(seen, 1),

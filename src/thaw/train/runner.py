@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ from thaw.train.loop import (
 __all__ = ["Runner", "EpochState", "phase_result_from_dict", "resolve_device", "resolve_amp"]
 
 log = logging.getLogger(__name__)
+
+#: train accuracy minus validation accuracy that, with validation stalled, counts as overfitting
+GAP_WARNING = 0.15
 
 MetricsSink = Callable[[dict[str, Any]], None]
 
@@ -80,6 +83,8 @@ class EpochState:
     last_train_loss: float = math.nan
     last_train_accuracy: float = math.nan
     improved_overall_epoch: int = 0
+    lr_factor: float = 1.0
+    """Lowered to 0.1 after a non-finite loss (the phase retries once from the last good weights)."""
 
 
 def phase_result_from_dict(d: dict[str, Any]) -> PhaseResult:
@@ -110,7 +115,8 @@ class Runner:
     progress: Callable[[str], None] | None = None
     deadline: float | None = None
     """time.monotonic() value after which no new epoch starts."""
-    class_weights: torch.Tensor | None = None
+    on_step: Callable[[str, int, int, float, float, float], None] | None = None
+    """Progress display hook: (phase name, step, steps per epoch, mean loss, accuracy, images/second)."""
     global_epoch: int = 0
     best_val_accuracy: float = -math.inf
     best_val_loss: float = math.inf
@@ -121,6 +127,14 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.config = self.config.resolved()
+        self.warnings: list[str] = []
+        counts = torch.bincount(self.train_data.labels).double()
+        # weight of each class: inverse frequency, normalised so that the mean weight over images is 1
+        inv = torch.where(
+            counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()), torch.zeros_like(counts)
+        )
+        self.class_weights = inv.float().to(self.device) if self.config.balance == "weighted" else None
+        self._sample_weights = inv[self.train_data.labels] if self.config.balance == "sampler" else None
         self.amp_dtype = resolve_amp(self.config.amp, self.device)
         self.model.to(self.device)
         if self.config.channels_last:
@@ -163,8 +177,9 @@ class Runner:
                 # timm's convention: no weight decay on biases and normalisation weights (1-d tensors)
                 (no_decay if p.ndim <= 1 else decay).append(p)
             name = self.groups[gi].name
+            wd = 0.0 if self.config.l2sp else self.config.weight_decay
             if decay:
-                out.append({"params": decay, "lr": lr, "weight_decay": self.config.weight_decay, "group": name})
+                out.append({"params": decay, "lr": lr, "weight_decay": wd, "group": name})
             if no_decay:
                 out.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "group": name})
         return out
@@ -193,6 +208,41 @@ class Runner:
 
     def _epoch_seed(self) -> int:
         return self.config.seed * 100_003 + self.global_epoch
+
+    def _epoch_order(self, n: int) -> torch.Tensor:
+        """This epoch's image order: a permutation, or class-balanced draws with ``--balance sampler``.
+
+        Seeded by (seed, epoch) alone, so a resumed run sees exactly the order an uninterrupted one would.
+        """
+        gen = torch.Generator().manual_seed(self._epoch_seed())
+        if self._sample_weights is not None:
+            return torch.multinomial(self._sample_weights, n, replacement=True, generator=gen)
+        return torch.randperm(n, generator=gen)
+
+    def _regularizer(self, phase: Phase) -> Callable[[], torch.Tensor] | None:
+        """L2-SP (Li et al. 2018): alpha/2 ||w - w0||^2 over thawed pretrained weights, beta/2 ||w||^2 on the new
+        head with beta = alpha / 10. It replaces weight decay (decay toward zero would fight it)."""
+        alpha = self.config.l2sp
+        if not alpha:
+            return None
+        head = len(self.groups) - 1
+        pre = [
+            (self._params[n], self._initial[n])
+            for g in phase.trainable
+            if g != head
+            for n in self.groups[g].param_names
+        ]
+        head_params = [self._params[n] for n in self.groups[head].param_names] if head in phase.trainable else []
+
+        def l2sp() -> torch.Tensor:
+            total = torch.zeros((), device=self.device)
+            for p, p0 in pre:
+                total = total + (p - p0).pow(2).sum() * (alpha / 2)
+            for p in head_params:
+                total = total + p.pow(2).sum() * (alpha / 20)
+            return total
+
+        return l2sp
 
     def _train_batches(self, augment: str, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         bs = self.config.batch_size
@@ -345,19 +395,37 @@ class Runner:
         n_train = len(self.train_data)
         bs = cfg.batch_size
         steps_per_epoch = max(1, n_train // bs + (1 if n_train % bs > 1 or n_train < bs else 0))
-        opt, sched, schedule = self.build_optimizer(phase, steps_per_epoch)
-        st = resume or EpochState(phase_index=index, total_steps=schedule.total_steps)
+        st = resume or EpochState(phase_index=index)
+
+        def make_optimizer() -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, WarmupCosine]:
+            o, s, sch = self.build_optimizer(replace(phase, lr=phase.lr * st.lr_factor), steps_per_epoch)
+            if st.total_steps:
+                sch.total_steps = st.total_steps
+            st.total_steps = sch.total_steps
+            if st.epochs_done:
+                s.last_epoch = st.epochs_done * steps_per_epoch
+                # LambdaLR sets lr from base_lrs * factor(last_epoch) on its next step; put the current lr in place
+                for g, base in zip(o.param_groups, s.base_lrs, strict=True):
+                    g["lr"] = base * sch(s.last_epoch)
+            return o, s, sch
+
+        opt, sched, schedule = make_optimizer()
         if resume is not None:
-            schedule.total_steps = resume.total_steps
             opt_tensors, opt_meta = getattr(self, "_resume_opt", (None, None))
             if opt_meta is not None:
                 ckpt.optimizer_from_flat(opt, opt_tensors or {}, opt_meta)
-            sched.last_epoch = st.epochs_done * steps_per_epoch
-            # LambdaLR sets lr from base_lrs * factor(last_epoch) on the next step; put the current lr in place now
-            for g, base in zip(opt.param_groups, sched.base_lrs, strict=True):
-                g["lr"] = base * schedule(sched.last_epoch)
+        last_good = self._state_copy()
 
         grad_groups = {gi: [self._params[n] for n in self.groups[gi].param_names] for gi in phase.trainable}
+        regularizer = self._regularizer(phase)
+        step_hook: Callable[[int, float, float, float], None] | None = None
+        if self.on_step is not None:
+            hook = self.on_step
+
+            def step_hook(step: int, loss: float, acc: float, ips: float) -> None:
+                hook(phase.name, step, steps_per_epoch, loss, acc, ips)
+
+        gap_warned = False
         if cached:
             classifier = self.model.get_classifier()  # type: ignore[operator]
             t0 = time.perf_counter()
@@ -376,7 +444,7 @@ class Runner:
                     stopped = "time-budget"
                     break
             torch.manual_seed(self._epoch_seed())
-            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(self._epoch_seed()))
+            order = self._epoch_order(n_train)
             t_epoch = time.perf_counter()
             self.set_modes(phase)
             try:
@@ -392,6 +460,7 @@ class Runner:
                         amp_dtype=None,
                         device=self.device,
                         grad_groups=grad_groups,
+                        regularizer=regularizer,
                     )
                     classifier.eval()
                     val_stats, _ = evaluate(
@@ -410,13 +479,28 @@ class Runner:
                         amp_dtype=self.amp_dtype,
                         device=self.device,
                         grad_groups=grad_groups,
+                        regularizer=regularizer,
+                        on_step=step_hook,
                     )
                     val_stats, _ = self.predict_logits(self.val_data)
             except NonFiniteLossError as exc:
-                log.warning("phase %s: %s; restoring the best weights and ending the phase", phase.name, exc)
-                self.restore_overall_best()
+                self.model.load_state_dict(last_good)
+                if st.lr_factor == 1.0:
+                    st.lr_factor = 0.1
+                    msg = f"phase {phase.name}: {exc}; restored the last good weights, retrying with lr x0.1"
+                    self.warnings.append(msg)
+                    log.warning(msg)
+                    opt, sched, schedule = make_optimizer()
+                    continue
+                msg = (
+                    f"phase {phase.name}: {exc} again at lr x0.1; ended the phase with the last good weights "
+                    "(check the data for corrupt labels, lower --lr, or use --optimizer sgd)"
+                )
+                self.warnings.append(msg)
+                log.warning(msg)
                 stopped = "non-finite-loss"
                 break
+            last_good = self._state_copy()
             seconds = time.perf_counter() - t_epoch
             epoch_time = seconds
             st.epochs_done += 1
@@ -463,6 +547,17 @@ class Runner:
                 "group_drift": self._drift(),
                 "grad_norm": {names[g]: v for g, v in stats.grad_norm.items()},
             }
+            gap = stats.accuracy - val_stats.accuracy
+            row["gap_warning"] = gap > GAP_WARNING and st.bad_epochs >= 2
+            if row["gap_warning"] and not gap_warned:
+                gap_warned = True
+                msg = (
+                    f"phase {phase.name}, epoch {self.global_epoch}: train accuracy {stats.accuracy:.3f} vs val "
+                    f"{val_stats.accuracy:.3f} (gap {gap:.3f}) while validation stalled for {st.bad_epochs} epochs: "
+                    "overfitting; consider fewer thawed groups, --l2sp 0.1, --augment strong, or more data"
+                )
+                self.warnings.append(msg)
+                log.warning(msg)
             if self.sink is not None:
                 self.sink(row)
             if self.progress is not None:
