@@ -1,7 +1,9 @@
 """Baseline recipes a user would run instead of thaw, timed under the same wall-clock budget.
 
-``python -m bench.baselines --task fashion100 --seeds 0,1,2 --methods linear_probe,plain_finetune,fastai_fine_tune,scratch
---budget 180 --out bench/out/results.jsonl`` appends one JSON line per (method, seed) run.
+Command (appends one JSON line per (method, seed) run)::
+
+    python -m bench.baselines --task fashion100 --seeds 0,1,2 \\
+        --methods linear_probe,plain_finetune,fastai_fine_tune,scratch --budget 180 --out bench/out/results.jsonl
 
 Every method takes a task folder (train/, val/, test/ of class folders, see bench/fashion.py), a budget in
 seconds (training and validation count; the final test pass does not), an image size (28 px images are
@@ -74,7 +76,8 @@ def load_pretrained(num_classes: int = NUM_CLASSES) -> tuple[nn.Module, tuple[fl
     """The offline EfficientNet-Lite0 ImageNet model from thaw's loader, with a fresh ``num_classes`` head.
 
     Returns:
-        ``(model, mean, std)``; mean/std are the model's normalisation constants.
+        ``(model, mean, std)``; mean/std are the normalisation the weights were trained with, as the loader's
+        ``data_config`` reports it (the tutorial's "ImageNet normalisation" means exactly that for its model).
     """
     from thaw.models.load import load_model
 
@@ -90,7 +93,7 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def tutorial_transforms(size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool) -> Callable[..., Any]:
+def tutorial_transforms(size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool) -> transforms.Compose:
     """The PyTorch transfer-learning tutorial's PIL transforms, at ``size`` instead of 224.
 
     Eval is Resize(size)+CenterCrop(size): for square 28 px inputs that is a plain bilinear upsample.
@@ -329,22 +332,23 @@ def plain_finetune(task_dir: Path, budget: float, size: int = 96, seed: int = 0)
     t0 = time.perf_counter()
     seed_everything(seed)  # the new head's init depends on it
     model, mean, std = load_pretrained()
-    notes = "torchvision tutorial loop: ImageFolder+PIL transforms, SGD 0.01 mom 0.9, cosine, bs 32, no wd"
+    notes = (
+        "torchvision tutorial loop: ImageFolder+PIL transforms, SGD 0.01 mom 0.9, cosine, bs 32, no wd; "
+        f"the weights' own normalisation mean={mean} std={std}"
+    )
     return tutorial_loop("plain_finetune", model, mean, std, task_dir, budget, size, seed, notes, t0)
 
 
 def scratch(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -> Result:
-    """Same recipe as ``plain_finetune`` from a random initialisation (ImageNet normalisation kept)."""
-    import timm
+    """Same recipe as ``plain_finetune`` from timm's random initialisation (thaw's loader, ``random_init``)."""
+    from thaw.models.load import load_model
 
     t0 = time.perf_counter()
     seed_everything(seed)
-    model = timm.create_model(MODEL_NAME, pretrained=False, num_classes=NUM_CLASSES)
-    cfg = model.pretrained_cfg
-    notes = "random init (timm default), tutorial loop as plain_finetune"
-    return tutorial_loop(
-        "scratch", model, tuple(cfg["mean"]), tuple(cfg["std"]), task_dir, budget, size, seed, notes, t0
-    )
+    lm = load_model(MODEL_NAME, num_classes=NUM_CLASSES, random_init=True)
+    mean, std = tuple(lm.data_config["mean"]), tuple(lm.data_config["std"])
+    notes = f"random init (timm default), tutorial loop as plain_finetune; normalisation mean={mean} std={std}"
+    return tutorial_loop("scratch", lm.model, mean, std, task_dir, budget, size, seed, notes, t0)
 
 
 # ----------------------------------------------------------------------------------------------- fastai
@@ -357,7 +361,8 @@ def _train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repe
     for i in range(repeats + 1):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward untyped here
         opt.step()
         if i:
             times.append(time.perf_counter() - t)

@@ -32,6 +32,7 @@ from thaw.report.metrics import compute_metrics
 from thaw.strategy.base import PhaseResult, PlanContext
 from thaw.strategy.registry import make_strategy
 from thaw.train import checkpoint as ckpt
+from thaw.train import dist
 from thaw.train.runner import EpochState, Runner, phase_result_from_dict, resolve_device
 
 __all__ = ["fit", "evaluate", "predict", "load_run", "FitResult", "EvalResult", "Prediction", "Run"]
@@ -201,9 +202,14 @@ def fit(
         config = FitConfig.from_dict({"train": str(train), **options})
     elif options or train is not None:
         config = config.replace(**({"train": str(train)} if train is not None else {}), **options)
-    run_dir = _prepare_run_dir(Path(config.out) if config.out else _default_out(config), overwrite)
+    info = dist.init_from_env(resolve_device(config.device).type)
+    run_dir = Path(config.out) if config.out else _default_out(config)
+    if info.is_main:
+        run_dir = _prepare_run_dir(run_dir, overwrite)
+        config = config.replace(out=str(run_dir)).resolved()
+        (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    run_dir = Path(dist.broadcast_string(str(run_dir), info))  # the default name holds rank 0's timestamp
     config = config.replace(out=str(run_dir)).resolved()
-    (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     return _fit_interruptible(config, run_dir, progress, None, on_step)
 
 
@@ -233,7 +239,12 @@ def _fit(
 ) -> FitResult:
     started = time.monotonic()
     elapsed_before = float(resume_from[1].get("elapsed_seconds", 0.0)) if resume_from else 0.0
-    say = progress or log.info
+    device = resolve_device(cfg.device)
+    info = dist.init_from_env(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    main = info.is_main  # rank 0 alone writes files and prints; other ranks compute
+    say: Progress = (progress or log.info) if main else _silent
     torch.manual_seed(cfg.seed)
 
     # 1. data: scan (cheap listing), then the model (it fixes the preprocessing), then decode once
@@ -261,7 +272,7 @@ def _fit(
         f"{len(groups)} layer groups, input {pre.size}px"
     )
 
-    cache_dir = run_dir / "cache"
+    cache_dir = run_dir / "cache" / f"rank{info.rank}"
     train_all = _decode(train_scan, pre, cache_dir / "train.u8")
     _strict_check(cfg, train_all.skipped, "train")
     if val_scan is not None:
@@ -297,7 +308,8 @@ def _fit(
     audit = build_audit(splits, classes, scan_skipped, files_seen)
     if val_scan is None:
         audit["split"] = {"train": len(train_data), "val": len(val_data), "val_fraction": cfg.val_fraction}
-    _write_json(run_dir / "audit.json", audit)
+    if main:
+        _write_json(run_dir / "audit.json", audit)
     for line in format_audit(audit):
         say(line)
 
@@ -311,11 +323,10 @@ def _fit(
         )
     if audit.get("cross_split_duplicates"):
         warnings.append(f"{audit['cross_split_duplicates']} image(s) appear in more than one split (see audit.json)")
-    for w in warnings:
+    for w in warnings if main else []:
         log.warning(w)
 
     # 2. plan + train, phase by phase
-    device = resolve_device(cfg.device)
     deadline = None
     if cfg.time_budget is not None:
         deadline = started + cfg.time_budget - elapsed_before
@@ -328,11 +339,12 @@ def _fit(
         mean=pre.mean,
         std=pre.std,
         device=device,
-        run_dir=run_dir,
-        sink=_JsonlSink(run_dir / "metrics.jsonl"),
+        run_dir=run_dir if main else None,
+        sink=_JsonlSink(run_dir / "metrics.jsonl") if main else None,
         progress=say,
         deadline=deadline,
-        on_step=on_step,
+        on_step=on_step if main else None,
+        dist=info,
     )
     strategy = make_strategy(cfg.strategy)
     history: list[PhaseResult] = []
@@ -383,37 +395,39 @@ def _fit(
     stats, logits = runner.predict_logits(eval_data)
     probs = torch.softmax(logits, dim=1).numpy()
     metrics = compute_metrics(eval_data.labels.numpy(), probs, classes)
-    _write_json(run_dir / "eval.json", {"split": eval_split, "data": cfg.test or cfg.val or cfg.train, **metrics})
-    with open(run_dir / "predictions.jsonl", "w", encoding="utf-8") as fh:
-        for path, label, p in zip(eval_data.paths, eval_data.labels.tolist(), probs, strict=True):
-            row = {
-                "path": path,
-                "split": eval_split,
-                "label": label,
-                "pred": int(p.argmax()),
-                "probs": [round(float(v), 6) for v in p],
-            }
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if main:
+        _write_json(run_dir / "eval.json", {"split": eval_split, "data": cfg.test or cfg.val or cfg.train, **metrics})
+        with open(run_dir / "predictions.jsonl", "w", encoding="utf-8") as fh:
+            for path, label, p in zip(eval_data.paths, eval_data.labels.tolist(), probs, strict=True):
+                row = {
+                    "path": path,
+                    "split": eval_split,
+                    "label": label,
+                    "pred": int(p.argmax()),
+                    "probs": [round(float(v), 6) for v in p],
+                }
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     # 4. export: a timm-compatible model folder
     model.eval()
     model_cpu = model.to("cpu").to(memory_format=torch.contiguous_format)
     data_config = {**loaded.data_config, **pre.to_dict()}
-    export_timm_dir(
-        model_cpu,
-        run_dir / "model",
-        label_names=classes,
-        data_config=data_config,
-        extra={"thaw": {"strategy": cfg.strategy, "source": loaded.source}},
-    )
-    if cfg.export_onnx:
-        from thaw.export import export_onnx
-
-        sample = runner._normalize(eval_data.images[:32]).contiguous()
-        onnx_info = export_onnx(
-            model_cpu, run_dir / "model.onnx", label_names=classes, data_config=data_config, sample_inputs=sample
+    if main:
+        export_timm_dir(
+            model_cpu,
+            run_dir / "model",
+            label_names=classes,
+            data_config=data_config,
+            extra={"thaw": {"strategy": cfg.strategy, "source": loaded.source}},
         )
-        say(f"ONNX export verified: max |logit difference| {onnx_info['max_abs_diff']:.2e}")
+        if cfg.export_onnx:
+            from thaw.export import export_onnx
+
+            sample = runner._normalize(eval_data.images[:32]).contiguous()
+            onnx_info = export_onnx(
+                model_cpu, run_dir / "model.onnx", label_names=classes, data_config=data_config, sample_inputs=sample
+            )
+            say(f"ONNX export verified: max |logit difference| {onnx_info['max_abs_diff']:.2e}")
 
     # 5. summary
     wall = elapsed_before + time.monotonic() - started
@@ -449,9 +463,19 @@ def _fit(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    _write_json(run_dir / "summary.json", summary)
-    _write_report(run_dir)
+    if info.enabled:
+        digests = dist.gather_strings(dist.weights_digest(model_cpu), info)
+        summary["distributed"] = {
+            "world_size": info.world_size,
+            "backend": "nccl" if device.type == "cuda" else "gloo",
+            "weights_identical_across_ranks": len(set(digests)) == 1,
+            "weights_sha256": digests[0],
+        }
     shutil.rmtree(cache_dir, ignore_errors=True)
+    if main:
+        _write_json(run_dir / "summary.json", summary)
+        _write_report(run_dir)
+        shutil.rmtree(run_dir / "cache", ignore_errors=True)
     return FitResult(
         run_dir=run_dir,
         best_val_accuracy=float(summary["best_val_accuracy"] or 0.0),
@@ -459,6 +483,10 @@ def _fit(
         linear_probe_test_accuracy=probe_test,
         summary=summary,
     )
+
+
+def _silent(_message: str) -> None:
+    """Progress sink of non-zero ranks."""
 
 
 def _write_report(run_dir: Path) -> None:

@@ -63,7 +63,10 @@ def _setup_logging(quiet: bool) -> Callable[[], None]:
     such as tests, get their logging back unchanged)."""
     saved = (list(log.handlers), log.level, log.propagate)
     log.handlers[:] = [_ConsoleHandler()]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if int(os.environ.get("RANK", "0")) != 0:
+        log.setLevel(logging.ERROR)  # under torchrun, rank 0 alone prints
+    else:
+        log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
 
     def restore() -> None:
@@ -201,6 +204,8 @@ def _cmd_fit(ns: argparse.Namespace) -> int:
                 raise ThawError("thaw fit needs training data: thaw fit data/train [options] (see thaw fit --help)")
             cfg = FitConfig.from_dict({"train": ns.train_path, **values})
         result = api.fit(config=cfg, overwrite=ns.overwrite, on_step=_step_bar if _tty() and not ns.quiet else None)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 prints the summary
     if ns.json:
         print(json.dumps(result.summary, indent=2))
     else:
@@ -352,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         restore_logging()
+        if ns.command == "fit":
+            from thaw.train.dist import shutdown
+
+            shutdown()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

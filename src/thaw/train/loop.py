@@ -53,9 +53,9 @@ class WarmupCosine:
     a phase, and saved in a checkpoint.
     """
 
-    def __init__(self, total_steps: int, warmup_fraction: float) -> None:
+    def __init__(self, total_steps: int, warmup_fraction: float, min_warmup_steps: int = 0) -> None:
         self.total_steps = max(1, total_steps)
-        self.warmup_steps = int(warmup_fraction * self.total_steps)
+        self.warmup_steps = min(max(int(warmup_fraction * self.total_steps), min_warmup_steps), self.total_steps // 3)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -78,6 +78,7 @@ def train_epoch(
     grad_groups: dict[int, list[nn.Parameter]] | None = None,
     regularizer: Callable[[], torch.Tensor] | None = None,
     on_step: Callable[[int, float, float, float], None] | None = None,
+    all_agree: Callable[[bool], bool] | None = None,
 ) -> EpochStats:
     """Train over ``batches`` once; returns the mean loss and accuracy over the images seen.
 
@@ -97,7 +98,10 @@ def train_epoch(
         with autocast(device, amp_dtype):
             logits = forward(inputs)
             loss = F.cross_entropy(logits.float(), labels, weight=class_weights, label_smoothing=label_smoothing)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if all_agree is not None:
+            finite = all_agree(finite)  # every rank stops together, or DDP's gradient all-reduce would hang
+        if not finite:
             raise NonFiniteLossError(f"loss became {loss.item()} at step {steps}")
         optimizer.zero_grad(set_to_none=True)
         objective = loss + regularizer() if regularizer is not None else loss
@@ -167,8 +171,8 @@ def tensor_batches(
 
     Used for evaluation and for cached features; a DataLoader would add per-sample collation for nothing here.
     """
-    n = inputs.shape[0]
-    idx = order if order is not None else None
+    n = order.shape[0] if order is not None else inputs.shape[0]
+    idx = order
     for s in range(0, n, batch_size):
         if drop_singleton and n - s == 1 and s > 0:
             break  # a batch of one breaks BatchNorm in train mode and adds noise

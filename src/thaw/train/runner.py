@@ -24,6 +24,7 @@ from thaw.data.transforms import make_augment, normalize
 from thaw.models.groups import LayerGroup, module_groups
 from thaw.strategy.base import Phase, PhaseResult
 from thaw.train import checkpoint as ckpt
+from thaw.train.dist import DistInfo, all_reduce_sum, broadcast_float
 from thaw.train.loop import (
     EpochStats,
     NonFiniteLossError,
@@ -117,6 +118,7 @@ class Runner:
     """time.monotonic() value after which no new epoch starts."""
     on_step: Callable[[str, int, int, float, float, float], None] | None = None
     """Progress display hook: (phase name, step, steps per epoch, mean loss, accuracy, images/second)."""
+    dist: DistInfo = field(default_factory=DistInfo)
     global_epoch: int = 0
     best_val_accuracy: float = -math.inf
     best_val_loss: float = math.inf
@@ -198,7 +200,9 @@ class Runner:
             opt = torch.optim.SGD(groups, lr=phase.lr, momentum=cfg.momentum, nesterov=True)
         else:
             opt = torch.optim.AdamW(groups, lr=phase.lr)
-        schedule = WarmupCosine(phase.epochs * steps_per_epoch, cfg.warmup)
+        # at least one epoch of warmup (capped at a third of the phase): on short phases a 10 % warmup is a couple of
+        # steps, and a full-lr AdamW step on a freshly thawed backbone collapsed accuracy (0.76 -> 0.12 at 64 px)
+        schedule = WarmupCosine(phase.epochs * steps_per_epoch, cfg.warmup, steps_per_epoch if cfg.warmup else 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return opt, sched, schedule
 
@@ -209,15 +213,31 @@ class Runner:
     def _epoch_seed(self) -> int:
         return self.config.seed * 100_003 + self.global_epoch
 
-    def _epoch_order(self, n: int) -> torch.Tensor:
+    def _epoch_order(self, n: int, shard: bool = True) -> torch.Tensor:
         """This epoch's image order: a permutation, or class-balanced draws with ``--balance sampler``.
 
         Seeded by (seed, epoch) alone, so a resumed run sees exactly the order an uninterrupted one would.
         """
         gen = torch.Generator().manual_seed(self._epoch_seed())
         if self._sample_weights is not None:
-            return torch.multinomial(self._sample_weights, n, replacement=True, generator=gen)
-        return torch.randperm(n, generator=gen)
+            order = torch.multinomial(self._sample_weights, n, replacement=True, generator=gen)
+        elif self.dist.enabled and shard:
+            # DistributedSampler only needs len() of the dataset: hand it the index range
+            indices: Any = range(n)
+            sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
+                indices, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=self.config.seed
+            )
+            sampler.set_epoch(self.global_epoch)
+            return torch.tensor(list(sampler), dtype=torch.long)
+        else:
+            return torch.randperm(n, generator=gen)
+        if self.dist.enabled and shard:  # shard the balanced draw the way DistributedSampler shards a permutation
+            per = -(-n // self.dist.world_size)
+            order = torch.cat([order, order[: per * self.dist.world_size - n]])[self.dist.rank :: self.dist.world_size]
+        return order
+
+    def _all_agree(self, flag: bool) -> bool:
+        return all_reduce_sum([0.0 if flag else 1.0], self.dist, self.device)[0] == 0.0
 
     def _regularizer(self, phase: Phase) -> Callable[[], torch.Tensor] | None:
         """L2-SP (Li et al. 2018): alpha/2 ||w - w0||^2 over thawed pretrained weights, beta/2 ||w||^2 on the new
@@ -392,9 +412,18 @@ class Runner:
         names = [g.name for g in self.groups]
         self.apply_phase(phase)
         cached = self._cacheable(phase)
+        # cached (head-only) phases are cheap and run whole and identically on every rank; others are sharded
+        sharded = self.dist.enabled and not cached
         n_train = len(self.train_data)
+        n_local = -(-n_train // self.dist.world_size) if sharded else n_train
         bs = cfg.batch_size
-        steps_per_epoch = max(1, n_train // bs + (1 if n_train % bs > 1 or n_train < bs else 0))
+        steps_per_epoch = max(1, n_local // bs + (1 if n_local % bs > 1 or n_local < bs else 0))
+        forward: nn.Module = self.model
+        if sharded:
+            # a fresh DDP wrapper per phase registers exactly the parameters that train now
+            forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         st = resume or EpochState(phase_index=index)
 
         def make_optimizer() -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, WarmupCosine]:
@@ -440,11 +469,12 @@ class Runner:
         while st.epochs_done < phase.epochs:
             if self.deadline is not None:
                 left = self.deadline - time.monotonic()
-                if left <= 0 or (epoch_time is not None and epoch_time > left):
+                out_of_time = left <= 0 or (epoch_time is not None and epoch_time > left)
+                if broadcast_float(float(out_of_time), self.dist, self.device):  # rank 0's clock decides
                     stopped = "time-budget"
                     break
             torch.manual_seed(self._epoch_seed())
-            order = self._epoch_order(n_train)
+            order = self._epoch_order(n_train, shard=sharded)
             t_epoch = time.perf_counter()
             self.set_modes(phase)
             try:
@@ -470,7 +500,7 @@ class Runner:
                     )
                 else:
                     stats = train_epoch(
-                        self.model,
+                        forward,
                         self._train_batches(phase.augment, order),
                         opt,
                         sched,
@@ -481,7 +511,21 @@ class Runner:
                         grad_groups=grad_groups,
                         regularizer=regularizer,
                         on_step=step_hook,
+                        all_agree=self._all_agree if sharded else None,
                     )
+                    if sharded:
+                        # BatchNorm statistics moved with each rank's own batches: take rank 0's, as DDP does at
+                        # its next forward, so that validation, checkpoints and best weights agree on every rank
+                        for buf in self.model.buffers():
+                            torch.distributed.broadcast(buf, src=0)
+                        # training metrics over all ranks' shards
+                        loss_sum, correct, images = all_reduce_sum(
+                            [stats.loss * stats.images, stats.accuracy * stats.images, float(stats.images)],
+                            self.dist,
+                            self.device,
+                        )
+                        stats.loss, stats.accuracy = loss_sum / max(images, 1), correct / max(images, 1)
+                        stats.images = int(images)
                     val_stats, _ = self.predict_logits(self.val_data)
             except NonFiniteLossError as exc:
                 self.model.load_state_dict(last_good)
@@ -548,7 +592,8 @@ class Runner:
                 "grad_norm": {names[g]: v for g, v in stats.grad_norm.items()},
             }
             gap = stats.accuracy - val_stats.accuracy
-            row["gap_warning"] = gap > GAP_WARNING and st.bad_epochs >= 2
+            # a head-only probe on frozen features overfits by design and early stopping handles it
+            row["gap_warning"] = gap > GAP_WARNING and st.bad_epochs >= 2 and phase.trainable != (len(self.groups) - 1,)
             if row["gap_warning"] and not gap_warned:
                 gap_warned = True
                 msg = (
@@ -569,7 +614,9 @@ class Runner:
             # a time budget shortens the cosine so that it still ends at zero within the budget
             if self.deadline is not None and st.epochs_done == 1 and not cached:
                 left = self.deadline - time.monotonic()
-                fit = st.epochs_done + max(0, int(left / max(seconds, 1e-6)))
+                fit = int(
+                    broadcast_float(st.epochs_done + max(0, int(left / max(seconds, 1e-6))), self.dist, self.device)
+                )
                 if fit < phase.epochs:
                     schedule.total_steps = max(1, fit * steps_per_epoch)
                     st.total_steps = schedule.total_steps

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from thaw.strategy.base import Phase
 from tests.unit.train.test_runner import _data, _runner
+from thaw.strategy.base import Phase
 
 
 def _full(r: Any, epochs: int = 2, lr: float = 1e-2) -> Phase:

@@ -1,0 +1,232 @@
+"""thaw advise: the decision rules on made-up numbers, and real runs on tiny and built-in models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from thaw.advise import (
+    AdviseResult,
+    DatasetFacts,
+    ModelRow,
+    StageRow,
+    advise,
+    recommend,
+)
+from thaw.errors import ModelError
+
+BACKBONE = 8  # groups below the head, like efficientnet_lite0 (stem, blocks.0-6)
+
+
+def facts(per_class: int, classes: int = 10, img_size: int | None = None) -> DatasetFacts:
+    return DatasetFacts(
+        train="data/train",
+        num_images=per_class * classes,
+        classes=[f"c{i}" for i in range(classes)],
+        images_per_class={"min": per_class, "median": float(per_class), "max": per_class},
+        imbalance_ratio=1.0,
+        native_size=(28, 28) if img_size else (256, 256),
+        files_seen=per_class * classes,
+        measured_images=min(per_class * classes, 2000),
+        img_size=img_size,
+    )
+
+
+def stages(early_knn: float, final_knn: float, mid_logme: float = 0.1, final_logme: float = 0.2) -> list[StageRow]:
+    """Stage rows: the early stage (index BACKBONE // 3) and the final features carry the given numbers."""
+    rows = []
+    for i in range(BACKBONE):
+        knn = early_knn if i == BACKBONE // 3 else 0.3
+        rows.append(StageRow(f"s{i}", 16 * (i + 1), mid_logme if i == BACKBONE // 2 else -0.5, knn))
+    rows.append(StageRow("pre_logits", 1280, final_logme, final_knn))
+    return rows
+
+
+def row(
+    name: str = "m",
+    *,
+    linear: float = 0.8,
+    logme_value: float = 0.2,
+    early_knn: float = 0.3,
+    final_knn: float = 0.8,
+    mid_logme: float = 0.1,
+    speed: float = 100.0,
+    epoch_seconds: dict[str, float] | None = None,
+) -> ModelRow:
+    return ModelRow(
+        name=name,
+        source="builtin:x",
+        params=1_000_000,
+        img_size=96,
+        groups=[f"s{i}" for i in range(BACKBONE)] + ["head"],
+        feature_dim=1280,
+        logme=logme_value,
+        knn_accuracy=final_knn,
+        linear_accuracy=linear,
+        images_per_second=speed,
+        epoch_seconds=epoch_seconds or {"linear": 1.0, "last-k": 2.0, "full": 4.0},
+        stages=stages(early_knn, final_knn, mid_logme, logme_value),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- decision rules
+def test_very_few_images_per_class_gives_a_linear_probe() -> None:
+    plan = recommend(facts(5), [row()])
+    assert plan.strategy == "linear"
+    assert "epochs" not in plan.options and plan.options["probe_epochs"] == 20
+    assert "5 images per class" in plan.decisions[1].reason
+
+
+def test_few_images_near_pretraining_thaws_two_groups() -> None:
+    plan = recommend(facts(40), [row(early_knn=0.3, final_knn=0.8)])
+    assert plan.distance["verdict"] == "near"
+    assert (plan.strategy, plan.options["k"]) == ("last-k", 2)
+    assert "--strategy last-k --k 2" in plan.command
+
+
+def test_far_data_thaws_deeper() -> None:
+    near = recommend(facts(40), [row(early_knn=0.3, final_knn=0.8)])
+    far = recommend(facts(40), [row(early_knn=0.78, final_knn=0.8)])
+    assert far.distance["verdict"] == "far" and "early-stage" in far.distance["reason"]
+    assert far.options["k"] == 4 > near.options["k"]
+    assert "thaw deeper" in far.decisions[1].reason
+
+
+def test_far_by_logme_when_a_middle_stage_explains_labels_better() -> None:
+    plan = recommend(facts(40), [row(early_knn=0.3, final_knn=0.8, mid_logme=0.5, logme_value=0.2)])
+    assert plan.distance["verdict"] == "far"
+    assert plan.distance["best_mid_stage"] == f"s{BACKBONE // 2}"
+    assert "LogME" in plan.distance["reason"]
+
+
+def test_depth_grows_with_images_per_class() -> None:
+    medium = recommend(facts(300), [row(linear=0.8)])
+    assert (medium.strategy, medium.options["k"]) == ("last-k", BACKBONE // 2)
+    large = recommend(facts(2000), [row(linear=0.8)])
+    assert large.strategy == "lp-ft" and large.options["lr"] == pytest.approx(1e-3)
+    large_far = recommend(facts(2000), [row(linear=0.8, early_knn=0.79)])
+    assert large_far.strategy == "full"
+
+
+def test_saturated_probe_caps_depth_and_weak_probe_lifts_it() -> None:
+    saturated = recommend(facts(300), [row(linear=0.99)])
+    assert saturated.options["k"] == 2 and "linear probe" in saturated.decisions[1].reason
+    weak = recommend(facts(150), [row(linear=0.4, early_knn=0.3, final_knn=0.5)])
+    assert weak.options["k"] == BACKBONE // 2
+
+
+def test_epochs_follow_data_size_and_budget() -> None:
+    assert recommend(facts(40), [row()]).options["epochs"] == 25  # 10,000 presentations / 400 images
+    assert recommend(facts(2000, classes=20), [row()]).options["epochs"] == 3  # clipped at the minimum
+    budget = recommend(facts(40), [row(epoch_seconds={"linear": 1.0, "last-k": 10.0, "full": 40.0})], time_budget=50)
+    assert budget.options["epochs"] == 5 and "budget" in budget.decisions[2].reason
+    assert budget.estimated_seconds == pytest.approx(50.0)
+
+
+def test_tight_budget_switches_to_a_shallower_strategy() -> None:
+    plan = recommend(
+        facts(2000), [row(linear=0.8, epoch_seconds={"linear": 5.0, "last-k": 60.0, "full": 300.0})], time_budget=200
+    )
+    assert plan.strategy == "last-k" and plan.options["k"] <= 2
+    assert "budget" in plan.decisions[1].reason
+    hopeless = recommend(
+        facts(2000), [row(epoch_seconds={"linear": 5.0, "last-k": 600.0, "full": 900.0})], time_budget=100
+    )
+    assert hopeless.strategy == "linear"
+
+
+def test_model_choice_by_probe_then_logme() -> None:
+    rows = [row("a", linear=0.70, logme_value=0.9), row("b", linear=0.80, logme_value=0.1)]
+    assert recommend(facts(40), rows).model == "b"
+    tied = [row("a", linear=0.800, logme_value=0.9), row("b", linear=0.805, logme_value=0.1)]
+    plan = recommend(facts(40), tied)
+    assert plan.model == "a" and "LogME" in plan.decisions[0].reason
+    failed = ModelRow(name="c", error="cannot download")
+    assert recommend(facts(40), [failed, row("a")]).model == "a"
+    with pytest.raises(ModelError, match="cannot download"):
+        recommend(facts(40), [failed])
+
+
+def test_small_images_recommend_the_measured_resolution() -> None:
+    plan = recommend(facts(40, img_size=96), [row()])
+    assert plan.options["img_size"] == 96 and "--img-size 96" in plan.command
+    assert any(d.topic == "img_size" and "28x28" in d.reason for d in plan.decisions)
+
+
+# ------------------------------------------------------------------------------------------------------ real runs
+def _image_folder(root: Path, per_class: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    for c, color in enumerate([(220, 30, 30), (30, 220, 30), (30, 30, 220)]):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(color, 40, size=(20, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    (root / "class0" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_advise_with_tiny_models(tmp_path: Path) -> None:
+    train = _image_folder(tmp_path / "train")
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=3).state_dict(), str(weights))
+    messages: list[str] = []
+    result = advise(
+        str(train),
+        models=("test_resnet", "no_such_model_xyz"),
+        weights={"test_resnet": str(weights)},
+        progress=messages.append,
+    )
+    assert isinstance(result, AdviseResult)
+    ds = result.dataset
+    assert ds.num_images == 18 and ds.num_classes == 3 and ds.native_size == (24, 20) and ds.img_size == 96
+    assert [s["path"].endswith("broken.png") for s in ds.skipped] == [True]
+    good, bad = result.models
+    assert bad.error and not bad.ok and "no_such_model_xyz" in bad.error
+    assert good.ok and good.img_size == 96 and good.feature_dim > 0
+    assert [s.name for s in good.stages] == good.groups[:-1] + ["pre_logits"]
+    assert all(math.isfinite(s.logme) for s in good.stages)
+    assert 0 <= good.linear_accuracy <= 1 and 0 <= good.knn_accuracy <= 1
+    es = good.epoch_seconds
+    assert 0 < es["linear"] <= es["last-k"] <= es["full"]
+    assert result.plan.model == "test_resnet" and f"--weights {weights}" in result.plan.command
+    assert any("decoding" in m for m in messages)
+
+    table = result.format_table()
+    for needle in ("Candidate models", "Stages of test_resnet", "no_such_model_xyz", "Plan", "thaw fit"):
+        assert needle in table
+    path = result.write_json(tmp_path / "out" / "advise.json")
+    data = json.loads(path.read_text())
+    assert data["plan"]["strategy"] == result.plan.strategy
+    assert data["models"][1]["logme"] is None  # NaN becomes null
+    assert data["dataset"]["num_classes"] == 3
+
+
+def test_advise_fails_clearly_when_no_model_loads(tmp_path: Path) -> None:
+    train = _image_folder(tmp_path / "train", per_class=2)
+    with pytest.raises(ModelError, match="no candidate model could be measured"):
+        advise(str(train), models=("no_such_model_xyz",))
+
+
+@pytest.mark.slow
+def test_advise_on_the_demo_data_with_builtin_weights() -> None:
+    from thaw.data.sample import sample_data_dir
+
+    result = advise(str(sample_data_dir() / "train"))
+    assert result.dataset.num_images == 400 and result.dataset.img_size == 96
+    (lite0,) = result.models
+    assert lite0.ok and lite0.source.startswith("builtin:") and lite0.feature_dim == 1280
+    assert lite0.linear_accuracy > 0.5  # pretrained features separate Fashion-MNIST classes well above chance (10%)
+    assert lite0.stages[-1].logme > lite0.stages[0].logme
+    assert result.plan.strategy in ("linear", "last-k", "lp-ft", "full")
+    # target: under 60 s on 2 idle cores; the bound leaves room for a machine shared with other test runs
+    assert result.seconds < 120
