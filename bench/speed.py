@@ -658,6 +658,12 @@ def main(argv: Sequence[str] | None = None) -> Result | None:
     models = [m for m in args.models.split(",") if m]
     sizes = [int(s) for s in args.sizes.split(",") if s]
     workers = [int(w) for w in args.workers.split(",") if w]
+    out = Path(args.out)
+
+    def save(report: Result) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
     report: Result = {
         "command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine(),
@@ -681,12 +687,11 @@ def main(argv: Sequence[str] | None = None) -> Result | None:
                     "data": str(data),
                 }
                 report["configs"].append(run_worker("config", spec))
+                save(report)  # after every configuration: a long run interrupted keeps what it measured
         if not args.skip_fit:
             report["fit"] = fit_section(args.fit_size, args.batch, Path(tmp) / "fits", args.repeats)
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    save(report)
     print(format_table(report["configs"]))
     if "fit" in report:
         print(format_fit(report["fit"]))

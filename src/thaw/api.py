@@ -33,6 +33,7 @@ from thaw.strategy.base import PhaseResult, PlanContext
 from thaw.strategy.registry import make_strategy
 from thaw.train import checkpoint as ckpt
 from thaw.train import dist
+from thaw.train.loop import tensor_batches
 from thaw.train.runner import EpochState, Runner, phase_result_from_dict, resolve_device
 
 __all__ = ["fit", "evaluate", "predict", "load_run", "FitResult", "EvalResult", "Prediction", "Run"]
@@ -361,10 +362,20 @@ def _fit(
         (run_dir / "metrics.jsonl").unlink()
 
     probe_test: float | None = None
+    signals: dict[str, Any] = {"num_val": len(val_data)}
     while True:
         left = deadline - time.monotonic() if deadline is not None else None
+        if left is not None:
+            left = dist.broadcast_float(left, info, device)  # rank 0's clock plans for every rank
+        if cfg.strategy == "auto" and history:
+            signals.update(_measure_signals(runner, info, device))
         ctx = PlanContext(
-            config=cfg, groups=tuple(groups), num_train=len(train_data), num_classes=len(classes), seconds_left=left
+            config=cfg,
+            groups=tuple(groups),
+            num_train=len(train_data),
+            num_classes=len(classes),
+            seconds_left=left,
+            signals=signals,
         )
         phase = strategy.next_phase(ctx, history)
         if phase is None:
@@ -483,6 +494,25 @@ def _fit(
         linear_probe_test_accuracy=probe_test,
         summary=summary,
     )
+
+
+def _measure_signals(runner: Runner, info: dist.DistInfo, device: torch.device, batches: int = 4) -> dict[str, Any]:
+    """Relative gradient norm per group with the current weights (Auto-RGN) on a few training batches, and the
+    measured cost of a full fine-tuning epoch from the same forward+backward passes (for the time budget)."""
+    from thaw.strategy.signals import relative_grad_norms
+
+    bs = runner.config.batch_size
+    n = len(runner.train_data)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(runner.config.seed))[: batches * bs]
+    sub = runner.train_data.subset(order.tolist())
+    data = list(tensor_batches(sub.images, sub.labels, bs, transform=runner._normalize, device=device))
+    start = time.perf_counter()
+    rgn = relative_grad_norms(runner.model, runner.groups, data)
+    per_image = (time.perf_counter() - start) / max(len(order), 1)
+    # a training epoch: forward+backward over the (sharded) training set, plus a forward pass over validation
+    local = -(-n // info.world_size)
+    full_epoch = per_image * local + per_image / 3 * len(runner.val_data)
+    return {"rgn": rgn, "full_epoch_seconds": dist.broadcast_float(full_epoch, info, device)}
 
 
 def _silent(_message: str) -> None:

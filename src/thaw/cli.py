@@ -31,6 +31,9 @@ EXAMPLES = """examples:
   thaw fit --resume runs/pets                 # continue an interrupted run
   thaw evaluate runs/pets data/test
   thaw predict runs/pets img1.jpg some_folder/ --top-k 3 --csv preds.csv
+  thaw advise data/train --models efficientnet_lite0,resnet18   # what to thaw, and why
+  thaw compare data/train --test data/test --strategies linear,lp-ft --fractions 0.25,1
+  thaw export runs/pets --onnx && thaw predict runs/pets img.jpg --onnx
 """
 
 
@@ -162,9 +165,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--csv", type=Path, default=None, help="also write predictions to this CSV file")
     p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
+    p.add_argument("--onnx", action="store_true", help="use RUN_DIR/model.onnx through onnxruntime (no torch model)")
 
     p = sub.add_parser("report", help="rebuild report.html of a run directory")
     p.add_argument("run_dir", type=Path)
+
+    p = sub.add_parser(
+        "advise",
+        help="measure candidate models on your data and recommend what to thaw",
+        epilog="example:\n  thaw advise data/train --models efficientnet_lite0,resnet18 --out advise.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("train", type=Path, help="training data: folder of class subfolders or CSV")
+    p.add_argument("--models", default="efficientnet_lite0", help="comma-separated timm names (default: %(default)s)")
+    p.add_argument(
+        "--weights", action="append", default=[], metavar="MODEL=FILE", help="local weights for a candidate, repeatable"
+    )
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--max-images", type=int, default=2000, help="stratified subsample measured (default: 2000)")
+    p.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("advise.json"), help="JSON report (default: advise.json)")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
+
+    p = sub.add_parser(
+        "compare",
+        help="test accuracy vs. training-set size for several strategies (data-efficiency grid)",
+        epilog="example:\n  thaw compare data/train --test data/test --strategies linear,last-k,full,auto "
+        "--fractions 0.1,0.25,0.5,1 --seeds 0,1 --scratch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("compare_train", type=Path, metavar="TRAIN")
+    p.add_argument("--strategies", default="linear,last-k,full,auto")
+    p.add_argument("--fractions", default="0.1,0.25,0.5,1")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--scratch", action="store_true", help="add a from-scratch baseline (same model, random init)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true", help="print compare.json")
+    _add_fit_options(p, skip=("train", "strategy", "seed"))
+
+    p = sub.add_parser("export", help="export a run's model to ONNX and verify it with onnxruntime")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--onnx", action="store_true", required=True, help="write RUN_DIR/model.onnx (needs thaw[onnx])")
+    p.add_argument("--num-images", type=int, default=32, help="real images used for the parity check")
     return parser
 
 
@@ -285,7 +328,12 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
 def _cmd_predict(ns: argparse.Namespace) -> int:
     from thaw import api
 
-    preds, skipped = api.predict(ns.run_dir, ns.paths, top_k=ns.top_k)
+    if ns.onnx:
+        from thaw.onnx_run import predict_onnx
+
+        preds, skipped = predict_onnx(ns.run_dir, ns.paths, top_k=ns.top_k)
+    else:
+        preds, skipped = api.predict(ns.run_dir, ns.paths, top_k=ns.top_k)
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     for p in preds:
@@ -319,6 +367,81 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_list(text: str, cast: Callable[[str], Any], what: str) -> list[Any]:
+    try:
+        return [cast(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ThawError(f"cannot read --{what} '{text}': give a comma-separated list") from exc
+
+
+def _cmd_advise(ns: argparse.Namespace) -> int:
+    from thaw.advise import advise
+
+    weights = {}
+    for item in ns.weights:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise ThawError(f"--weights '{item}': use MODEL=FILE, e.g. --weights resnet18=resnet18.safetensors")
+        weights[name] = path
+    res = advise(
+        str(ns.train),
+        models=_csv_list(ns.models, str, "models"),
+        weights=weights or None,
+        img_size=ns.img_size,
+        max_images=ns.max_images,
+        seed=ns.seed,
+        time_budget=ns.time_budget,
+        progress=log.info,
+    )
+    path = res.write_json(ns.out)
+    if ns.json:
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        print(res.format_table())
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_compare(ns: argparse.Namespace) -> int:
+    from thaw.compare import compare
+
+    values = _config_values(ns)
+    if ns.test is None:
+        raise ThawError("thaw compare needs --test DATA: accuracy is measured on a fixed test set")
+    values.pop("test")
+    out = values.pop("out", None)
+    res = compare(
+        ns.compare_train,
+        test=ns.test,
+        strategies=_csv_list(ns.strategies, str, "strategies"),
+        fractions=_csv_list(ns.fractions, float, "fractions"),
+        seeds=_csv_list(ns.seeds, int, "seeds"),
+        scratch=ns.scratch,
+        out=out,
+        overwrite=ns.overwrite,
+        progress=log.info,
+        command="thaw " + " ".join(sys.argv[1:]),
+        **values,
+    )
+    if ns.json:
+        print((res.out / "compare.json").read_text(encoding="utf-8"))
+    else:
+        print(res.format_table())
+        print(f"wrote {res.out / 'compare.json'} and {res.plot}")
+    return 0
+
+
+def _cmd_export(ns: argparse.Namespace) -> int:
+    from thaw.onnx_run import export_run_onnx
+
+    info = export_run_onnx(ns.run_dir, num_images=ns.num_images)
+    print(
+        f"wrote {info['path']}: onnxruntime vs PyTorch on {info['num_images']} real images: max |logit difference| "
+        f"{info['max_abs_diff']:.2e}, predictions equal: {info['predictions_equal']}"
+    )
+    return 0
+
+
 COMMANDS = {
     "fit": _cmd_fit,
     "demo": _cmd_demo,
@@ -326,6 +449,9 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
     "report": _cmd_report,
+    "advise": _cmd_advise,
+    "compare": _cmd_compare,
+    "export": _cmd_export,
 }
 
 
@@ -347,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ThawError as exc:
         print(("\x1b[31mthaw: error:\x1b[0m " if _tty() else "thaw: error: ") + str(exc), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `thaw predict ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(
             "thaw: interrupted; the last finished epoch is checkpointed: continue with `thaw fit --resume RUN_DIR`",

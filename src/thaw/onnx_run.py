@@ -137,7 +137,7 @@ def _resolve_onnx(path: Path) -> Path:
         if candidate.is_file():
             return candidate
         raise CheckpointError(
-            f"{path} has no {ONNX_FILE}: export it first with `thaw export-onnx {path}` "
+            f"{path} has no {ONNX_FILE}: export it first with `thaw export {path} --onnx` "
             "(or thaw.onnx_run.export_run_onnx)"
         )
     if path.is_file():
