@@ -375,3 +375,89 @@ def test_cli_runs_as_a_subprocess(tiny_folders: dict[str, Path], tmp_path: Path)
     summary = json.loads(done.stdout)
     assert summary["phases"][-1]["trainable_groups"][0] == "stem"
     shutil.rmtree(out)
+
+
+def test_export_onnx_and_predict_with_onnxruntime(lite0_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(lite0_run), "--onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "predictions equal: True" in out
+    info = json.loads((lite0_run / "onnx.json").read_text())
+    assert info["max_abs_diff"] <= 1e-4 and info["num_images"] == 32
+    folder = sample_data_dir() / "test" / "Sandal"
+    assert main(["predict", str(lite0_run), str(folder), "--onnx", "--top-k", "1"]) == 0
+    onnx_lines = capsys.readouterr().out.splitlines()
+    assert main(["predict", str(lite0_run), str(folder), "--top-k", "1"]) == 0
+    torch_lines = capsys.readouterr().out.splitlines()
+    assert [ln.rsplit(" ", 1)[0] for ln in onnx_lines] == [ln.rsplit(" ", 1)[0] for ln in torch_lines]
+
+
+def test_advise_cli_writes_tables_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "advise.json"
+    assert (
+        main(["advise", str(sample_data_dir() / "train"), "--max-images", "200", "--img-size", "64", "--out", str(out)])
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "efficientnet_lite0" in text and "thaw fit" in text
+    data = json.loads(out.read_text())
+    assert data["plan"]["strategy"] and data["plan"]["decisions"]
+    assert data["models"][0]["logme"] is not None
+
+
+def test_compare_cli(tiny_folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    assert (
+        main(
+            [
+                "compare",
+                str(tiny_folders["train"]),
+                "--test",
+                str(tiny_folders["test"]),
+                "--strategies",
+                "linear,full",
+                "--fractions",
+                "0.5,1",
+                "--model",
+                "test_efficientnet",
+                "--random-init",
+                "--img-size",
+                "32",
+                "--epochs",
+                "1",
+                "--probe-epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    data = json.loads((out / "compare.json").read_text())
+    assert {(c["strategy"], c["fraction"]) for c in data["cells"]} == {
+        ("linear", 0.5),
+        ("linear", 1.0),
+        ("full", 0.5),
+        ("full", 1.0),
+    }
+    assert (out / "compare.png").exists()
+    assert "linear" in capsys.readouterr().out
+
+
+def test_auto_strategy_explains_every_decision(tiny_folders: dict[str, Path], tmp_path: Path) -> None:
+    r = thaw.fit(
+        tiny_folders["train"],
+        test=str(tiny_folders["test"]),
+        model="test_efficientnet",
+        random_init=True,
+        strategy="auto",
+        img_size=32,
+        epochs=2,
+        probe_epochs=2,
+        out=str(tmp_path / "auto"),
+    )
+    decisions = r.summary["decisions"]
+    assert decisions[0]["decision"] == "run linear-probe"
+    assert decisions[-1]["decision"] == "stop" and decisions[-1]["reason"]
+    assert len(decisions) == len(r.summary["phases"]) + 1
+    if len(r.summary["phases"]) > 1:
+        assert "rgn" in decisions[1]["signals"] and decisions[1]["signals"]["rgn"]

@@ -1,0 +1,95 @@
+"""The auto planner's decisions on measured numbers (no model runs here: the history is synthetic)."""
+
+from __future__ import annotations
+
+import math
+
+import timm
+
+from thaw.config import FitConfig
+from thaw.models.groups import layer_groups
+from thaw.strategy.auto import AutoStrategy, min_gain
+from thaw.strategy.base import Phase, PhaseResult, PlanContext
+
+
+def _ctx(seconds_left: float | None = None, **signals: object) -> PlanContext:
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
+    cfg = FitConfig.from_dict({"train": "x", "strategy": "auto", "epochs": 10})
+    return PlanContext(
+        config=cfg,
+        groups=tuple(layer_groups(model)),
+        num_train=300,
+        num_classes=3,
+        seconds_left=seconds_left,
+        signals={"num_val": 100, **signals},
+    )
+
+
+def _result(index: int, phase: Phase, val: float, train: float) -> PhaseResult:
+    return PhaseResult(index, phase, phase.epochs, 1, val, 1.0, 0.5, train, 10.0, 100.0)
+
+
+def test_starts_with_a_cached_probe() -> None:
+    phase = AutoStrategy().next_phase(_ctx(), [])
+    assert phase is not None and phase.name == "linear-probe" and phase.augment == "none"
+
+
+def test_partial_phase_thaws_the_groups_with_the_highest_gradient_signal() -> None:
+    ctx = _ctx()
+    names = [g.name for g in ctx.groups]
+    rgn = {n: float(i) for i, n in enumerate(reversed(names))}  # earlier groups get larger signals
+    ctx = _ctx(rgn=rgn)
+    auto = AutoStrategy()
+    probe = auto.next_phase(ctx, [])
+    assert probe is not None
+    partial = auto.next_phase(ctx, [_result(0, probe, 0.70, 0.9)])
+    assert partial is not None and partial.name == "auto-partial"
+    thawed = [names[i] for i in partial.trainable]
+    backbone = len(names) - 1
+    assert thawed[-1] == "head" and len(thawed) - 1 == math.ceil(backbone / 2)
+    assert thawed[0] == "stem"  # the largest signal
+    assert partial.signals["rgn"] == rgn
+    top = max(partial.lr_scales.values())
+    assert top == ctx.config.backbone_lr_scale  # Auto-RGN: scales follow the signal, the largest gets the full scale
+
+
+def test_thaws_everything_only_when_the_partial_phase_paid() -> None:
+    ctx = _ctx()
+    auto = AutoStrategy()
+    probe = auto.next_phase(ctx, [])
+    assert probe is not None
+    h = [_result(0, probe, 0.70, 0.9)]
+    partial = auto.next_phase(ctx, h)
+    assert partial is not None
+    gain = min_gain(100)
+    full = auto.next_phase(ctx, [*h, _result(1, partial, 0.70 + 2 * gain, 0.8)])
+    assert full is not None and full.trainable == tuple(range(len(ctx.groups)))
+    stop = AutoStrategy()
+    assert stop.next_phase(ctx, [*h, _result(1, partial, 0.70 + gain / 2, 0.8)]) is None
+    assert "not supported by validation" in stop.stop_reason
+    decisions = stop.decisions([*h, _result(1, partial, 0.70 + gain / 2, 0.8)])
+    assert decisions[-1]["decision"] == "stop" and "gain_over_probe" in decisions[-1]["signals"]
+
+
+def test_overfitting_gap_stops_thawing() -> None:
+    ctx = _ctx()
+    auto = AutoStrategy()
+    probe = auto.next_phase(ctx, [])
+    assert probe is not None
+    partial = auto.next_phase(ctx, [_result(0, probe, 0.60, 0.7)])
+    assert partial is not None
+    assert auto.next_phase(ctx, [_result(0, probe, 0.60, 0.7), _result(1, partial, 0.70, 1.0)]) is None
+    assert "gap" in auto.stop_reason
+
+
+def test_time_budget_sizes_phases_from_measured_cost() -> None:
+    ctx = _ctx(seconds_left=100.0, full_epoch_seconds=10.0)
+    auto = AutoStrategy()
+    probe = auto.next_phase(ctx, [])
+    assert probe is not None
+    partial = auto.next_phase(ctx, [_result(0, probe, 0.7, 0.8)])
+    assert partial is not None and partial.epochs == int(100 * 0.45 / 7.5)
+    tiny = _ctx(seconds_left=1.0, full_epoch_seconds=10.0)
+    none = AutoStrategy()
+    assert none.next_phase(tiny, [_result(0, probe, 0.7, 0.8)]) is None
+    assert "budget" in none.stop_reason
