@@ -570,6 +570,10 @@ METHODS: dict[str, Callable[..., Result]] = {
 }
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     from bench.fashion import TASKS, materialize
@@ -603,7 +607,7 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(json.dumps(res) + "\n")
             log(
                 f"{method} seed {seed}: test(best val)={res['test_acc_best_val']:.4f} "
-                f"test(last)={res['test_acc_last']:.4f} epochs={res['epochs']} wall={res['wall_seconds']:.0f}s"
+                f"test(last)={_fmt(res['test_acc_last'])} epochs={res['epochs']} wall={res['wall_seconds']:.0f}s"
             )
 
 
