@@ -105,12 +105,36 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 class _JsonlSink:
-    def __init__(self, path: Path) -> None:
+    """metrics.jsonl: one line per epoch, always; TensorBoard scalars too with ``--log tensorboard``."""
+
+    def __init__(self, path: Path, tensorboard: bool = False) -> None:
         self.path = path
+        self.writer: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError(
+                    "--log tensorboard needs the tensorboard package: pip install 'thaw[tensorboard]'"
+                ) from exc
+            self.writer = SummaryWriter(log_dir=str(path.parent / "tensorboard"))
 
     def __call__(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
+        if self.writer is not None:
+            step = int(row["epoch"])
+            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second"):
+                self.writer.add_scalar(key.replace("_", "/", 1), float(row[key]), step)
+            for kind in ("group_drift", "grad_norm"):
+                for group, value in (row.get(kind) or {}).items():
+                    self.writer.add_scalar(f"{kind}/{group}", float(value), step)
+            self.writer.add_scalar("phase", float(row["phase"]), step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _strict_check(cfg: FitConfig, skipped: Sequence[Skipped], where: str) -> None:
@@ -331,6 +355,7 @@ def _fit(
     deadline = None
     if cfg.time_budget is not None:
         deadline = started + cfg.time_budget - elapsed_before
+    sink = _JsonlSink(run_dir / "metrics.jsonl", tensorboard=cfg.log == "tensorboard") if main else None
     runner = Runner(
         model=model,
         groups=groups,
@@ -341,7 +366,7 @@ def _fit(
         std=pre.std,
         device=device,
         run_dir=run_dir if main else None,
-        sink=_JsonlSink(run_dir / "metrics.jsonl") if main else None,
+        sink=sink,
         progress=say,
         deadline=deadline,
         on_step=on_step if main else None,
@@ -400,6 +425,8 @@ def _fit(
             probe_test = float(runner.predict_logits(test_data)[0].accuracy)
     runner.restore_overall_best()
     warnings.extend(runner.warnings)
+    if sink is not None:
+        sink.close()
 
     # 3. evaluate the best weights once on the test set (val when there is none)
     eval_split, eval_data = ("test", test_data) if test_data is not None else ("val", val_data)

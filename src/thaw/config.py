@@ -95,6 +95,11 @@ class FitConfig:
     workers: int = _f(0, "DataLoader worker processes for augmentation (0: in the main process)")
     # output
     out: str | None = _f(None, "run directory; default: runs/<model>-<strategy>-<timestamp>")
+    log: str = _f(
+        "jsonl",
+        "experiment log: jsonl (metrics.jsonl, always written) or tensorboard (also TensorBoard "
+        "scalars under RUN_DIR/tensorboard; needs thaw[tensorboard])",
+    )
     export_onnx: bool = _f(False, "also export model.onnx (needs thaw[onnx]) and verify it with onnxruntime")
 
     @classmethod
@@ -177,6 +182,7 @@ class FitConfig:
         choice("amp", self.amp, AMP_MODES)
         choice("device", self.device, DEVICES)
         choice("balance", self.balance, ("none", "weighted", "sampler"))
+        choice("log", self.log, ("jsonl", "tensorboard"))
         if self.l2sp is not None and self.l2sp < 0:
             problems.append(f"--l2sp must be >= 0 (got {self.l2sp})")
         if not 0.0 < self.val_fraction < 1.0:
