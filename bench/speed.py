@@ -104,7 +104,7 @@ def forward_gflops(model: nn.Module, size: int) -> float:
     probe = copy.deepcopy(model).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         probe(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() / 1e9
+    return float(counter.get_total_flops()) / 1e9
 
 
 def machine() -> dict[str, Any]:
@@ -230,7 +230,7 @@ class ThawPath:
             device=self.runner.device,
             grad_groups=self.grad_groups,
         )
-        return stats.images
+        return int(stats.images)
 
     def eval(self, steps: int) -> int:
         """One pass over ``steps`` batches of the decoded images (inference_mode, channels_last)."""
@@ -246,7 +246,7 @@ class ThawPath:
             device=self.runner.device,
         )
         stats, _ = evaluate(self.runner.model, batches, amp_dtype=self.runner.amp_dtype, device=self.runner.device)
-        return stats.images
+        return int(stats.images)
 
 
 class PlainPath:
@@ -530,13 +530,16 @@ def summarize_fits(runs: Sequence[dict[str, Result]]) -> Result:
         ev = run["eval"]
         return float(ev["model_load_seconds"] + ev["decode_seconds"] + ev["cold_pass_seconds"])
 
+    def peak(strategy: str) -> dict[str, Any]:
+        return mean_std([run[strategy]["peak_rss_mb"] for run in runs])
+
     first = runs[0]
     return {
         "img_size": first["linear"]["img_size"],
         "batch": first["linear"]["batch"],
         "images": first["linear"]["images"],
         "eval_images": first["eval"]["images"],
-        "peak_rss_mb": {k: each(lambda run, k=k: run[k]["peak_rss_mb"]) for k in ("linear", "full", "last-k")},
+        "peak_rss_mb": {k: peak(k) for k in ("linear", "full", "last-k")},
         "linear_vs_full_peak_rss": each(lambda run: run["linear"]["peak_rss_mb"] / run["full"]["peak_rss_mb"]),
         "linear_probe_seconds": each(lambda run: run["linear"]["phase_seconds"]),
         "linear_fit_wall_seconds": each(lambda run: run["linear"]["fit_wall_seconds"]),

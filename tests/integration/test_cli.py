@@ -572,3 +572,38 @@ def test_unwritable_out_is_a_clear_error(
     )
     err = capsys.readouterr().err
     assert "cannot write to run directory" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_of_a_real_run_renders_in_chromium(lite0_run: Path, tmp_path: Path) -> None:
+    """The report of a real fine-tuning run (not a fixture) opens in headless Chromium with every figure decoded."""
+    from tests.unit.report.test_chromium import chromium
+
+    report = lite0_run / "report.html"
+    html = report.read_text(encoding="utf-8")
+    dom = chromium(tmp_path / "profile", "--dump-dom", report.resolve().as_uri()).stdout
+    assert 'data-images-ok="true"' in dom
+    assert f'data-images-count="{html.count("<img ")}"' in dom and html.count("<img ") >= 6
+    shot = tmp_path / "real-report.png"
+    chromium(tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1280,3000", report.resolve().as_uri())
+    assert shot.stat().st_size > 20_000
+    shutil.copyfile(shot, Path(os.environ.get("THAW_TEST_ARTIFACTS", "/tmp")) / "thaw-real-report.png")
+
+
+def test_fit_from_a_csv_manifest(tiny_folders: dict[str, Path], tmp_path: Path) -> None:
+    rows = ["path,label"]
+    for p in sorted(tiny_folders["train"].rglob("*.*")):
+        rows.append(f"{p.relative_to(tiny_folders['train'].parent)},{p.parent.name} class")
+    manifest = tiny_folders["train"].parent / "train.csv"
+    manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    r = thaw.fit(
+        manifest,
+        model="test_efficientnet",
+        random_init=True,
+        img_size=32,
+        strategy="linear",
+        probe_epochs=1,
+        out=str(tmp_path / "csv"),
+    )
+    assert r.summary["classes"] == ["blue class", "green class", "red class"]
+    assert r.summary["data"]["train"] + r.summary["data"]["val"] == 36
