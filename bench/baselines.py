@@ -518,7 +518,6 @@ def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 
     )
 
 
-
 def thaw_strategy(strategy: str) -> Callable[..., Result]:
     """thaw itself (``thaw.fit``) with one strategy, under the same wall-clock budget as the baselines.
 
@@ -560,6 +559,7 @@ def thaw_strategy(strategy: str) -> Callable[..., Result]:
         }
 
     return run
+
 
 METHODS: dict[str, Callable[..., Result]] = {
     "linear_probe": linear_probe,

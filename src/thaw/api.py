@@ -26,6 +26,7 @@ from thaw.data.transforms import Preprocess
 from thaw.data.types import IMAGE_EXTENSIONS, Sample, ScanResult, Skipped
 from thaw.errors import CheckpointError, ConfigError, DataError
 from thaw.export import export_timm_dir, load_timm_dir
+from thaw.jsonio import json_safe, write_json
 from thaw.models.groups import layer_groups
 from thaw.models.load import load_model
 from thaw.report.metrics import compute_metrics
@@ -87,21 +88,6 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf are not JSON: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _JsonlSink:
@@ -121,7 +107,7 @@ class _JsonlSink:
 
     def __call__(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
+            fh.write(json.dumps(json_safe(row), ensure_ascii=False) + "\n")
         if self.writer is not None:
             step = int(row["epoch"])
             for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second"):
@@ -334,7 +320,7 @@ def _fit(
     if val_scan is None:
         audit["split"] = {"train": len(train_data), "val": len(val_data), "val_fraction": cfg.val_fraction}
     if main:
-        _write_json(run_dir / "audit.json", audit)
+        write_json(run_dir / "audit.json", audit)
     for line in format_audit(audit):
         say(line)
 
@@ -434,7 +420,7 @@ def _fit(
     probs = torch.softmax(logits, dim=1).numpy()
     metrics = compute_metrics(eval_data.labels.numpy(), probs, classes)
     if main:
-        _write_json(run_dir / "eval.json", {"split": eval_split, "data": cfg.test or cfg.val or cfg.train, **metrics})
+        write_json(run_dir / "eval.json", {"split": eval_split, "data": cfg.test or cfg.val or cfg.train, **metrics})
         with open(run_dir / "predictions.jsonl", "w", encoding="utf-8") as fh:
             for path, label, p in zip(eval_data.paths, eval_data.labels.tolist(), probs, strict=True):
                 row = {
@@ -511,7 +497,7 @@ def _fit(
         }
     shutil.rmtree(cache_dir, ignore_errors=True)
     if main:
-        _write_json(run_dir / "summary.json", summary)
+        write_json(run_dir / "summary.json", summary)
         _write_report(run_dir)
         shutil.rmtree(run_dir / "cache", ignore_errors=True)
     return FitResult(
@@ -635,7 +621,7 @@ def evaluate(
     metrics = compute_metrics(decoded.labels.numpy(), probs, labels)
     skipped = [*sc.skipped, *decoded.skipped]
     out_path = Path(out) if out else rd / f"eval-{Path(data).name or 'data'}.json"
-    _write_json(
+    write_json(
         out_path,
         {
             "split": "external",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ from thaw.data.sources import scan
 from thaw.data.split import subsample_per_class
 from thaw.data.types import Sample
 from thaw.errors import ConfigError, DataError, ThawError
+from thaw.jsonio import write_json
 
 __all__ = ["compare", "CompareResult", "CompareCell", "compare_figure", "plot_compare", "summarize", "SCRATCH"]
 
@@ -207,24 +207,6 @@ def _write_manifest(path: Path, samples: Iterable[Sample], classes: Sequence[str
         writer.writerow(["path", "label"])
         for s in samples:
             writer.writerow([os.path.abspath(s.path), classes[s.label]])
-    os.replace(tmp, path)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -468,7 +450,7 @@ def compare(
     total = len(seeds) * len(fractions) * len(runs)
 
     def write() -> None:
-        _write_json(
+        write_json(
             out_dir / "compare.json", {**record, "cells": [c.to_dict() for c in cells], "summary": summarize(cells)}
         )
 
