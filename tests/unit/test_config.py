@@ -43,3 +43,13 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects_garbage() -> None:
     with pytest.raises(ConfigError, match="duration"):
         parse_duration("five minutes")
+
+
+def test_patience_defaults_to_a_quarter_of_the_phase() -> None:
+    from thaw.config import phase_patience
+
+    cfg = FitConfig.from_dict({"train": "x"})
+    assert phase_patience(cfg, 8) == 3 and phase_patience(cfg, 40) == 10
+    assert phase_patience(cfg, 20, minimum=5) == 5
+    assert phase_patience(cfg.replace(patience=2), 40) == 2  # an explicit value is used as given
+    assert phase_patience(cfg.replace(patience=0), 40) == 0  # off

@@ -6,8 +6,8 @@ The plan is validation-gated deepening, the shape that LP-FT and surgical fine-t
    the pretrained features get on their own and gives fine-tuning a good head to start from (LP-FT).
 2. **Partial.** Thaw the groups the gradient signal ranks highest (relative gradient norm ||g||/||theta|| per group
    with the probed head, Auto-RGN): about half of the backbone. Learning rates per group follow the same signal.
-3. **Deeper, only if it paid.** When the partial phase beat the probe on validation by a real margin and is not
-   overfitting (train/val gap), thaw everything; otherwise stop and keep the best weights.
+3. **Deeper, only if it paid.** When the partial phase beat the probe on validation by a real margin (twice that
+   margin when the train/val gap is large), thaw everything; otherwise stop and keep the best weights.
 
 Every decision is recorded with the numbers it came from (``Phase.signals`` and ``reason``), and phase lengths are
 sized to the wall-clock budget from measured throughput.
@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from thaw.config import phase_patience
 from thaw.strategy.base import Phase, PhaseResult, PlanContext
 from thaw.strategy.fixed import lr_scales, probe_phase
 
@@ -114,7 +115,7 @@ class AutoStrategy:
                 lr_scales=scales,
                 bn_policy=cfg.bn,
                 augment=cfg.augment,
-                patience=cfg.patience,
+                patience=phase_patience(cfg, epochs),
                 signals={**sig, "rgn": dict(rgn), "estimated_epoch_seconds": cost},
                 reason=f"auto: thaw {len(chosen)} of {len(backbone)} backbone groups ({why}); probe reached "
                 f"val {last.best_val_accuracy:.4f}",
@@ -131,7 +132,9 @@ class AutoStrategy:
                 )
                 self.stop_signals = sig
                 return None
-            if gap > GAP_LIMIT:
+            # validation is the arbiter: a large train/val gap stops thawing only when the gain was marginal
+            # (fashion10: a +0.05 partial gain with a 0.21 gap went on to +0.03 more when thawing everything)
+            if gap > GAP_LIMIT and gain < 2 * need:
                 self.stop_reason = (
                     f"train/val gap {gap:.3f} > {GAP_LIMIT}: thawing more would overfit; keeping the best weights"
                 )
@@ -155,7 +158,7 @@ class AutoStrategy:
                 lr_scales=scales,
                 bn_policy=cfg.bn,
                 augment=cfg.augment,
-                patience=cfg.patience,
+                patience=phase_patience(cfg, epochs),
                 signals={**sig, "estimated_epoch_seconds": cost},
                 reason=f"auto: partial phase gained {gain:+.4f} over the probe (>= {need:.4f}) with train/val gap "
                 f"{gap:.3f}: thaw every group",

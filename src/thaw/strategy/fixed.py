@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from thaw.config import FitConfig
+from thaw.config import FitConfig, phase_patience
 from thaw.models.groups import select_groups
 from thaw.strategy.base import Phase, PhaseResult, PlanContext
 
@@ -42,7 +42,7 @@ def probe_phase(ctx: PlanContext, reason: str) -> Phase:
         lr=cfg.probe_lr,
         bn_policy=cfg.bn,
         augment="none",
-        patience=max(cfg.patience, 5) if cfg.patience else 0,
+        patience=phase_patience(cfg, cfg.probe_epochs, minimum=5),
         reason=reason,
     )
 
@@ -58,7 +58,7 @@ def _finetune(ctx: PlanContext, name: str, trainable: Sequence[int], epochs: int
         lr_scales=lr_scales(ordered, ctx.head, cfg),
         bn_policy=cfg.bn,
         augment=cfg.augment,
-        patience=cfg.patience,
+        patience=phase_patience(cfg, epochs),
         reason=reason,
     )
 

@@ -78,8 +78,13 @@ def test_overfitting_gap_stops_thawing() -> None:
     assert probe is not None
     partial = auto.next_phase(ctx, [_result(0, probe, 0.60, 0.7)])
     assert partial is not None
-    assert auto.next_phase(ctx, [_result(0, probe, 0.60, 0.7), _result(1, partial, 0.70, 1.0)]) is None
+    need = min_gain(100)
+    marginal = 0.60 + 1.5 * need
+    assert auto.next_phase(ctx, [_result(0, probe, 0.60, 0.7), _result(1, partial, marginal, 1.0)]) is None
     assert "gap" in auto.stop_reason
+    # a clear gain goes deeper despite the gap: validation decides, and the best weights are kept anyway
+    clear = AutoStrategy()
+    assert clear.next_phase(ctx, [_result(0, probe, 0.60, 0.7), _result(1, partial, 0.70, 1.0)]) is not None
 
 
 def test_time_budget_sizes_phases_from_measured_cost() -> None:
