@@ -15,20 +15,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from thaw.data.sample import SAMPLE_CLASSES
+
 IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
-#: Official Fashion-MNIST class names, spelled so they are safe as folder names.
-CLASS_NAMES: tuple[str, ...] = (
-    "T-shirt_top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle_boot",
-)
+#: Official Fashion-MNIST class names, spelled so they are safe as folder names (thaw ships the same list).
+CLASS_NAMES: tuple[str, ...] = SAMPLE_CLASSES
 SIZES = {"train": 40, "val": 20, "test": 30}
 SEED = 2024
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "thaw" / "data" / "sample" / "fashion"

@@ -50,6 +50,7 @@ from thaw.data.sources import scan
 from thaw.data.transforms import Preprocess, normalize
 from thaw.data.types import Sample
 from thaw.errors import DataError, ModelError, ThawError
+from thaw.jsonio import json_safe
 from thaw.models.groups import LayerGroup, layer_groups
 from thaw.models.load import load_model
 from thaw.strategy.signals import logme, probe_score, stage_features
@@ -239,7 +240,7 @@ class AdviseResult:
             "plan": asdict(self.plan),
             "seconds": self.seconds,
         }
-        out = _json_ready(data)
+        out = json_safe(data)
         assert isinstance(out, dict)
         return out
 
@@ -262,18 +263,6 @@ class AdviseResult:
             )
             if part
         )
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_ready(value.item())
-    return value
 
 
 # --------------------------------------------------------------------------------------------------- the run

@@ -22,7 +22,7 @@ from thaw.data.audit import build_audit, format_audit
 from thaw.data.cache import DecodedImages, decode_all
 from thaw.data.sources import scan
 from thaw.data.split import stratified_split
-from thaw.data.transforms import Preprocess
+from thaw.data.transforms import Preprocess, normalize
 from thaw.data.types import IMAGE_EXTENSIONS, Sample, ScanResult, Skipped
 from thaw.errors import CheckpointError, ConfigError, DataError
 from thaw.export import export_timm_dir, load_timm_dir
@@ -591,8 +591,6 @@ def _infer(model: torch.nn.Module, data: DecodedImages, pre: Preprocess, batch_s
     out = []
     with torch.inference_mode():
         for s in range(0, len(data), batch_size):
-            from thaw.data.transforms import normalize
-
             x = normalize(data.images[s : s + batch_size], pre.mean, pre.std, channels_last=False)
             out.append(torch.softmax(model(x).float(), dim=1))
     return torch.cat(out).numpy() if out else np.zeros((0, 0))

@@ -291,20 +291,11 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def _cmd_layers(ns: argparse.Namespace) -> int:
-    import timm
-
-    from thaw.errors import ModelError
     from thaw.models.groups import format_groups, layer_groups
+    from thaw.models.load import load_model
 
-    try:
-        model = timm.create_model(ns.model, pretrained=False)
-    except RuntimeError as exc:
-        import difflib
-
-        close = difflib.get_close_matches(ns.model, timm.list_models(), n=3)
-        raise ModelError(
-            f"unknown model '{ns.model}'" + (f"; did you mean {', '.join(close)}?" if close else "")
-        ) from exc
+    # the architecture alone (random init, ImageNet-sized head); load_model reports unknown names with suggestions
+    model = load_model(ns.model, 1000, random_init=True).model
     print(f"{ns.model}: layer groups, input -> output (names for --groups; last-k counts up from the head)")
     print(format_groups(layer_groups(model)))
     return 0

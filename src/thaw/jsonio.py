@@ -9,11 +9,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["json_safe", "write_json"]
 
 
 def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` that ``json.dumps`` writes as strict JSON: NaN/inf -> null, paths -> str."""
+    """A copy of ``obj`` that ``json.dumps`` writes as strict JSON: NaN/inf -> null, paths -> str, numpy scalars ->
+    Python numbers."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Path):
