@@ -98,6 +98,22 @@ class FitConfig:
     # measured on a 2-core AMD EPYC (BENCHMARKS.md): Lite0 96 px, batch 64, train step 88 -> 148 img/s
     channels_last: bool = _f(True, "use the channels_last memory format (faster for convnets on CPU)")
     workers: int = _f(0, "DataLoader worker processes for augmentation (0: in the main process)")
+    prefix_cache: bool = _f(
+        True,
+        "when only upper groups train, compute the frozen lower layers once per image and train on their cached "
+        "outputs (used only where verified exact; with random augmentation only together with --cache-views)",
+    )
+    cache_views: int = _f(
+        0,
+        "with augmentation, cache this many augmented views per image for the frozen-prefix cache and cycle through "
+        "them by epoch (changes the augmentation stream, so it is opt-in); 0: augmented phases train uncached",
+    )
+    cache_ram_mb: int = _f(
+        2048, "memory for cached activations; larger caches go to a memory-mapped file in the run directory"
+    )
+    compile: bool = _f(
+        False, "torch.compile the model for uncached training phases (slow to start; pays off on long runs)"
+    )
     # output
     out: str | None = _f(None, "run directory; default: runs/<model>-<strategy>-<timestamp>")
     log: str = _f(
@@ -214,6 +230,10 @@ class FitConfig:
             problems.append(f"--time-budget must be positive (got {self.time_budget})")
         if self.img_size is not None and self.img_size < 16:
             problems.append(f"--img-size must be at least 16 pixels (got {self.img_size})")
+        if self.cache_views < 0:
+            problems.append(f"--cache-views must be >= 0 (got {self.cache_views})")
+        if self.cache_ram_mb < 0:
+            problems.append(f"--cache-ram-mb must be >= 0 (got {self.cache_ram_mb})")
         if self.workers < 0:
             problems.append(f"--workers must be >= 0 (got {self.workers})")
         if self.strategy == "groups" and not self.groups:

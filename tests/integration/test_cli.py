@@ -53,6 +53,8 @@ def lite0_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "64",
             "--epochs",
             "2",
+            "--cache-views",
+            "2",
             "--out",
             str(out),
         ]
@@ -95,6 +97,10 @@ def test_fit_writes_the_run_directory_contract(lite0_run: Path) -> None:
     assert summary["model_source"].startswith("builtin")
     (phase,) = summary["phases"]
     assert phase["trainable_groups"] == ["blocks.5", "blocks.6", "head"]
+    # --cache-views 2: the frozen stem..blocks.4 ran once per view; the cut was verified on the real weights
+    cache = phase["prefix_cache"]
+    assert cache["used"] is True and cache["boundary"] == "blocks.4" and cache["views"] == 2
+    assert cache["verified_max_logit_diff"] < 1e-3
     for key in ("index", "trainable_groups", "epochs", "best_val_accuracy", "reason"):
         assert key in phase
     assert len(summary["classes"]) == 10

@@ -29,9 +29,21 @@ from thaw.train.loop import (
     EpochStats,
     NonFiniteLossError,
     WarmupCosine,
+    autocast,
     evaluate,
     tensor_batches,
     train_epoch,
+)
+from thaw.train.prefix import (
+    ActivationStore,
+    PrefixPlan,
+    SuffixForward,
+    batched,
+    cache_key,
+    digest,
+    mode_sensitive,
+    plan_prefix,
+    prefix_activations,
 )
 
 __all__ = ["Runner", "EpochState", "phase_result_from_dict", "resolve_device", "resolve_amp"]
@@ -145,6 +157,7 @@ class Runner:
         self._module_group = module_groups(self.model, self.groups)
         if not self._initial:
             self._initial = {n: p.detach().clone() for n, p in self._params.items()}
+        self._store: ActivationStore | None = None
 
     # ----------------------------------------------------------------- phase application
     def apply_phase(self, phase: Phase) -> None:
@@ -337,6 +350,119 @@ class Runner:
             feats.append(fwd_head(fwd_features(x), pre_logits=True).float())
         return torch.cat(feats)
 
+    def _sync_after_epoch(self, stats: EpochStats) -> None:
+        """After a sharded epoch: rank 0's BatchNorm statistics everywhere, training metrics over all shards."""
+        # BatchNorm statistics moved with each rank's own batches: take rank 0's, as DDP does at its next forward,
+        # so that validation, checkpoints and best weights agree on every rank
+        for buf in self.model.buffers():
+            torch.distributed.broadcast(buf, src=0)
+        loss_sum, correct, images = all_reduce_sum(
+            [stats.loss * stats.images, stats.accuracy * stats.images, float(stats.images)], self.dist, self.device
+        )
+        stats.loss, stats.accuracy = loss_sum / max(images, 1), correct / max(images, 1)
+        stats.images = int(images)
+
+    # ----------------------------------------------------------------- frozen-prefix cache
+    def _prefix_plan(self, phase: Phase) -> tuple[PrefixPlan | None, dict[str, Any]]:
+        """A verified cut below the phase's lowest trainable group, or None and the reason (for summary.json)."""
+        cfg = self.config
+        first = min(phase.trainable)
+        if first == 0:
+            return None, {"used": False, "reason": "the lowest layer group trains: no frozen prefix"}
+        if not cfg.prefix_cache:
+            return None, {"used": False, "reason": "off (--no-prefix-cache)"}
+        if phase.augment != "none" and cfg.cache_views < 1:
+            return None, {
+                "used": False,
+                "reason": f"augmentation '{phase.augment}' draws new images every epoch: pass --cache-views K to "
+                "cache K augmented views, or --augment none",
+            }
+        example = self._normalize(self.train_data.images[: min(4, len(self.train_data))]).to(self.device)
+        with autocast(self.device, self.amp_dtype):
+            found = plan_prefix(self.model, self._module_group, first, example)
+        if isinstance(found, str):
+            return None, {"used": False, "reason": found}
+        # the cache holds eval-mode outputs: the frozen layers must compute the same in this phase's training mode
+        self.set_modes(phase)
+        for name in found.replaced:
+            why = mode_sensitive(self.model.get_submodule(name))
+            if why is not None:
+                return None, {"used": False, "reason": f"the frozen layers change while training: {why}"}
+        views = 1 if phase.augment == "none" else cfg.cache_views
+        return found, {
+            "used": True,
+            "boundary": found.boundary,
+            "replaced_modules": len(found.replaced),
+            "views": views,
+            "activation_shape": list(found.act_shape),
+            "verified_max_logit_diff": found.verified_diff,
+        }
+
+    def _prefix_cache(self, plan: PrefixPlan, phase: Phase, views: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Boundary activations of ``views`` views of the training images and of the validation images."""
+        if self._store is None:
+            where = self.run_dir / "cache" / "activations" if self.run_dir is not None else None
+            self._store = ActivationStore(where, self.config.cache_ram_mb * 2**20)
+        bs = self.config.batch_size * 2
+        common = {
+            "mean": self.mean,
+            "std": self.std,
+            "channels_last": self.config.channels_last,
+            "amp": str(self.amp_dtype),
+        }
+
+        def build(images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+            def run(out: torch.Tensor | None) -> torch.Tensor:
+                self.model.eval()
+                with autocast(self.device, self.amp_dtype):
+                    return prefix_activations(self.model, plan, batched(images, bs, fn), out)
+
+            return run
+
+        def plain(x: torch.Tensor) -> torch.Tensor:
+            return self._normalize(x).to(self.device)
+
+        train_digest = digest(self.train_data.images)
+        val_key = cache_key(self.model, plan, digest(self.val_data.images), {**common, "augment": "none"})
+        val = self._store.get(val_key, (len(self.val_data), *plan.act_shape), build(self.val_data.images, plain))
+        train: list[torch.Tensor] = []
+        if phase.augment == "none":
+            key = cache_key(self.model, plan, train_digest, {**common, "augment": "none"})
+            train.append(
+                self._store.get(key, (len(self.train_data), *plan.act_shape), build(self.train_data.images, plain))
+            )
+            return train, val
+        aug = make_augment(phase.augment, self.train_data.images.shape[-1])
+        assert aug is not None
+
+        def augmented(x: torch.Tensor) -> torch.Tensor:
+            return self._normalize(torch.stack([aug(img) for img in x])).to(self.device)
+
+        for v in range(views):
+            key = cache_key(
+                self.model,
+                plan,
+                train_digest,
+                {**common, "augment": phase.augment, "view": v, "seed": self.config.seed},
+            )
+            torch.manual_seed(self.config.seed * 7919 + v)  # view v draws the same augmentations in every run
+            train.append(
+                self._store.get(key, (len(self.train_data), *plan.act_shape), build(self.train_data.images, augmented))
+            )
+        return train, val
+
+    def _activation_batches(
+        self, acts: torch.Tensor, labels: torch.Tensor, size: int, order: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def layout(a: torch.Tensor) -> torch.Tensor:
+            if self.config.channels_last and a.ndim == 4:
+                return a.contiguous(memory_format=torch.channels_last)
+            return a
+
+        return tensor_batches(
+            acts, labels, size, order=order, transform=layout, device=self.device, drop_singleton=order is not None
+        )
+
     # ----------------------------------------------------------------- state
     def _state_copy(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -455,6 +581,29 @@ class Runner:
                 hook(phase.name, step, steps_per_epoch, loss, acc, ips)
 
         gap_warned = False
+        plan: PrefixPlan | None = None
+        prefix_info: dict[str, Any] = {}
+        if not cached:
+            plan, prefix_info = self._prefix_plan(phase)
+            if plan is None and min(phase.trainable) > 0:
+                log.info("phase %s: frozen-prefix cache not used: %s", phase.name, prefix_info["reason"])
+        if plan is not None:
+            t0 = time.perf_counter()
+            train_acts, val_acts = self._prefix_cache(plan, phase, int(prefix_info["views"]))
+            build_seconds = time.perf_counter() - t0
+            prefix_info["build_seconds"] = build_seconds
+            prefix_info["megabytes"] = (sum(a.numel() for a in train_acts) + val_acts.numel()) * 4 / 2**20
+            log.info(
+                "phase %s: cached the frozen prefix up to %s (%d view(s), %.0f MiB) in %.1fs",
+                phase.name,
+                plan.boundary,
+                len(train_acts),
+                prefix_info["megabytes"],
+                build_seconds,
+            )
+            st.seconds += build_seconds
+        elif cfg.compile and not cached:
+            forward = torch.compile(forward)  # type: ignore[assignment]
         if cached:
             classifier = self.model.get_classifier()  # type: ignore[operator]
             t0 = time.perf_counter()
@@ -498,6 +647,32 @@ class Runner:
                         tensor_batches(val_feats, self.val_data.labels, bs * 2, device=self.device),
                         device=self.device,
                     )
+                elif plan is not None:
+                    view = train_acts[self.global_epoch % len(train_acts)]
+                    with SuffixForward(self.model, plan, runner=forward) as suffix:
+                        stats = train_epoch(
+                            suffix,
+                            self._activation_batches(view, self.train_data.labels, bs, order),
+                            opt,
+                            sched,
+                            label_smoothing=cfg.label_smoothing,
+                            class_weights=self.class_weights,
+                            amp_dtype=self.amp_dtype,
+                            device=self.device,
+                            grad_groups=grad_groups,
+                            regularizer=regularizer,
+                            on_step=step_hook,
+                            all_agree=self._all_agree if sharded else None,
+                        )
+                        if sharded:
+                            self._sync_after_epoch(stats)
+                        self.model.eval()
+                        val_stats, _ = evaluate(
+                            suffix,
+                            self._activation_batches(val_acts, self.val_data.labels, bs * 2),
+                            amp_dtype=self.amp_dtype,
+                            device=self.device,
+                        )
                 else:
                     stats = train_epoch(
                         forward,
@@ -514,18 +689,7 @@ class Runner:
                         all_agree=self._all_agree if sharded else None,
                     )
                     if sharded:
-                        # BatchNorm statistics moved with each rank's own batches: take rank 0's, as DDP does at
-                        # its next forward, so that validation, checkpoints and best weights agree on every rank
-                        for buf in self.model.buffers():
-                            torch.distributed.broadcast(buf, src=0)
-                        # training metrics over all ranks' shards
-                        loss_sum, correct, images = all_reduce_sum(
-                            [stats.loss * stats.images, stats.accuracy * stats.images, float(stats.images)],
-                            self.dist,
-                            self.device,
-                        )
-                        stats.loss, stats.accuracy = loss_sum / max(images, 1), correct / max(images, 1)
-                        stats.images = int(images)
+                        self._sync_after_epoch(stats)
                     val_stats, _ = self.predict_logits(self.val_data)
             except NonFiniteLossError as exc:
                 self.model.load_state_dict(last_good)
@@ -588,6 +752,7 @@ class Runner:
                 "seconds": seconds,
                 "images_per_second": stats.images_per_second,
                 "cached_features": cached,
+                "prefix_cache": plan is not None,
                 "group_drift": self._drift(),
                 "grad_norm": {names[g]: v for g, v in stats.grad_norm.items()},
             }
@@ -642,7 +807,10 @@ class Runner:
             images_per_second=st.images / st.seconds if st.seconds else 0.0,
             stopped=stopped,
             cached_features=cached,
+            extra={"prefix_cache": prefix_info} if prefix_info else {},
         )
+        if self._store is not None:
+            self._store.clear_memory()
         self._checkpoint([*history, result], None, None, elapsed_before + time.monotonic() - phase_start)
         return result
 
