@@ -29,7 +29,6 @@ from thaw.export import export_timm_dir, load_timm_dir
 from thaw.jsonio import json_safe, write_json
 from thaw.models.groups import layer_groups
 from thaw.models.load import load_model
-from thaw.report.metrics import compute_metrics
 from thaw.strategy.base import PhaseResult, PlanContext
 from thaw.strategy.registry import make_strategy
 from thaw.train import checkpoint as ckpt
@@ -409,6 +408,7 @@ def _fit(
         )
         if index == 0 and phase.trainable == (len(groups) - 1,) and test_data is not None:
             probe_test = float(runner.predict_logits(test_data)[0].accuracy)
+    soups = _weight_soups(runner, history, say)
     runner.restore_overall_best()
     warnings.extend(runner.warnings)
     if sink is not None:
@@ -418,6 +418,8 @@ def _fit(
     eval_split, eval_data = ("test", test_data) if test_data is not None else ("val", val_data)
     stats, logits = runner.predict_logits(eval_data)
     probs = torch.softmax(logits, dim=1).numpy()
+    from thaw.report.metrics import compute_metrics  # scikit-learn loads after training, not during it
+
     metrics = compute_metrics(eval_data.labels.numpy(), probs, classes)
     if main:
         write_json(run_dir / "eval.json", {"split": eval_split, "data": cfg.test or cfg.val or cfg.train, **metrics})
@@ -480,7 +482,7 @@ def _fit(
         "epochs": runner.global_epoch,
         "wall_seconds": wall,
         "train_images_per_second": total_imgs / total_secs if total_secs else 0.0,
-        "decisions": strategy.decisions(history) if hasattr(strategy, "decisions") else [],
+        "decisions": (strategy.decisions(history) if hasattr(strategy, "decisions") else []) + soups,
         "warnings": warnings,
         "skipped_files": len(audit.get("skipped", [])),
         "device": str(device),
@@ -530,6 +532,30 @@ def _measure_signals(runner: Runner, info: dist.DistInfo, device: torch.device, 
 
 def _silent(_message: str) -> None:
     """Progress sink of non-zero ranks."""
+
+
+def _weight_soups(runner: Runner, history: Sequence[PhaseResult], say: Progress) -> list[dict[str, Any]]:
+    """Greedy soup of every phase that was repeated (``Phase.restart_from``); one decision record each."""
+    decisions = []
+    for family in sorted({r.phase.restart_from for r in history if r.phase.restart_from is not None}):
+        members = [family, *(r.index for r in history if r.phase.restart_from == family)]
+        info = runner.greedy_soup(members)
+        if info is None:
+            continue
+        names = [history[i].phase.name for i in info["members"]]
+        if info["adopted"]:
+            reason = (
+                f"weight soup of {', '.join(names)}: val {info['soup_val_accuracy']:.4f} >= best single run "
+                f"{info['best_val_accuracy_before']:.4f}; the averaged weights are the result"
+            )
+        else:
+            reason = (
+                f"no weight soup: averaging did not keep validation accuracy (best single run "
+                f"{info['best_val_accuracy_before']:.4f}); the best single run is the result"
+            )
+        say(reason)
+        decisions.append({"phase": len(history), "decision": "weight soup", "reason": reason, "signals": info})
+    return decisions
 
 
 def _write_report(run_dir: Path) -> None:
@@ -616,6 +642,8 @@ def evaluate(
     if len(decoded) == 0:
         raise DataError(f"no readable images in {data}: nothing to evaluate")
     probs = _infer(model, decoded, pre)
+    from thaw.report.metrics import compute_metrics
+
     metrics = compute_metrics(decoded.labels.numpy(), probs, labels)
     skipped = [*sc.skipped, *decoded.skipped]
     out_path = Path(out) if out else rd / f"eval-{Path(data).name or 'data'}.json"

@@ -59,8 +59,23 @@ def test_fit_measurements_linear_probe_caches_features(tmp_path: Path) -> None:
     ev = eval_pass({"img_size": 32, "batch": 64})
     assert ev["images"] == 600 and ev["cold_pass_seconds"] > 0 and len(ev["warm_pass_seconds"]["runs"]) == 3
     full = {**lin, "strategy": "full", "cached_features": [False], "peak_rss_mb": lin["peak_rss_mb"] * 2}
-    section = summarize_fits([{"linear": lin, "full": full, "last-k": full, "eval": ev}])
+    last_k = fit_run(
+        {
+            "strategy": "last-k",
+            "k": 2,
+            "img_size": 32,
+            "batch": 64,
+            "epochs": 2,
+            "augment": "none",
+            "prefix_cache": True,
+            "out_dir": str(tmp_path / "lastk"),
+        }
+    )
+    assert last_k["prefix_cache"][0]["used"] is True and len(last_k["epoch_seconds"]) == 2
+    uncached = {**last_k, "epoch_seconds": [s * 2 for s in last_k["epoch_seconds"]]}
+    section = summarize_fits([{"linear": lin, "full": full, "last-k": last_k, "last-k-uncached": uncached, "eval": ev}])
     assert section["linear_vs_full_peak_rss"]["mean"] == pytest.approx(0.5)
     assert section["linear_probe_vs_eval_pass"]["runs"] == [lin["phase_seconds"] / ev["cold_pass_seconds"]]
+    assert section["last_k_cached_vs_uncached_epoch"]["mean"] == pytest.approx(0.5)
     text = format_fit(section)
-    assert "linear/full 0.50 ± 0.00x" in text and "not implemented" in text
+    assert "linear/full 0.50 ± 0.00x" in text and "-> 0.50 ± 0.00x (cache built once" in text

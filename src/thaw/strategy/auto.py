@@ -8,6 +8,9 @@ The plan is validation-gated deepening, the shape that LP-FT and surgical fine-t
    with the probed head, Auto-RGN): about half of the backbone. Learning rates per group follow the same signal.
 3. **Deeper, only if it paid.** When the partial phase beat the probe on validation by a real margin (twice that
    margin when the train/val gap is large), thaw everything; otherwise stop and keep the best weights.
+4. **Repeat and average, if the budget allows.** With ``--time-budget`` time left over, the phase that won is run
+   again from its own starting weights (new data order and augmentation), and the runs' weights are averaged where
+   validation agrees (greedy soup, Wortsman et al. 2022): one model, lower variance than any single run.
 
 Every decision is recorded with the numbers it came from (``Phase.signals`` and ``reason``), and phase lengths are
 sized to the wall-clock budget from measured throughput.
@@ -17,11 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from thaw.config import phase_patience
-from thaw.strategy.base import Phase, PhaseResult, PlanContext
+from thaw.strategy.base import Phase, PhaseResult, PlanContext, min_gain
 from thaw.strategy.fixed import lr_scales, probe_phase
 
 __all__ = ["AutoStrategy", "min_gain"]
@@ -29,10 +32,8 @@ __all__ = ["AutoStrategy", "min_gain"]
 #: Train accuracy minus validation accuracy above which thawing more is considered overfitting.
 GAP_LIMIT = 0.2
 
-
-def min_gain(num_val: int) -> float:
-    """Smallest validation-accuracy gain that counts as real: two images, or half a point on large sets."""
-    return max(2.0 / max(num_val, 1), 0.005)
+#: Repeats of the deciding phase that a time budget may buy for a weight soup (so at most 3 ingredients).
+MAX_REPEATS = 2
 
 
 def _rgn_scales(rgn: Mapping[str, float], names: Sequence[str], chosen: Sequence[int], base: float) -> dict[int, float]:
@@ -59,6 +60,48 @@ class AutoStrategy:
         return epochs
 
     def next_phase(self, ctx: PlanContext, history: Sequence[PhaseResult]) -> Phase | None:
+        if history and history[-1].phase.restart_from is not None:
+            return self._repeat(ctx, history)
+        phase = self._plan(ctx, history)
+        if phase is None and history:
+            return self._repeat(ctx, history)
+        return phase
+
+    def _repeat(self, ctx: PlanContext, history: Sequence[PhaseResult]) -> Phase | None:
+        """Once thawing is decided, spend budget that would go unused on repeats of the phase that won.
+
+        Each repeat starts from that phase's starting weights with a fresh data order and augmentation; the runner
+        then averages the runs' weights where validation allows (greedy soup). Only with a time budget: without
+        one, repeats would multiply the run time unasked.
+        """
+        last = history[-1]
+        family = last.phase.restart_from if last.phase.restart_from is not None else last.index
+        base = history[family]
+        if ctx.seconds_left is None or not base.phase.ingredient or base.best_epoch == 0:
+            return None
+        repeats = [r for r in history if r.phase.restart_from == family]
+        if len(repeats) >= MAX_REPEATS:
+            return None
+        cost = max(r.seconds for r in [base, *repeats])
+        # a quarter more than the slowest run so far: the final evaluation and export must still fit
+        if ctx.seconds_left < 1.25 * cost:
+            return None
+        n = len(repeats) + 1
+        return replace(
+            base.phase,
+            name=f"{base.phase.name}-repeat{n}",
+            restart_from=family,
+            reason=f"auto: {ctx.seconds_left:.0f}s of the budget left, {base.phase.name} took {cost:.0f}s: repeat it "
+            f"from its starting weights with a new data order (run {n + 1} of up to {MAX_REPEATS + 1}) and average "
+            "the runs' weights if validation agrees (greedy soup)",
+            signals={
+                "seconds_left": ctx.seconds_left,
+                "phase_seconds": cost,
+                "base_val_accuracy": base.best_val_accuracy,
+            },
+        )
+
+    def _plan(self, ctx: PlanContext, history: Sequence[PhaseResult]) -> Phase | None:
         cfg = ctx.config
         names = [g.name for g in ctx.groups]
         head = ctx.head
@@ -100,7 +143,7 @@ class AutoStrategy:
                 why = "no gradient signal measured: the groups nearest the head"
             # a partial phase costs roughly the probe's forward pass per image plus a backward over the thawed part
             cost = ctx.signals.get("full_epoch_seconds", 0.0) * 0.75
-            epochs = self._epochs(ctx, history, 0.45, cost)
+            epochs = self._epochs(ctx, history, 0.35, cost)
             if epochs < 1:
                 self.stop_reason, self.stop_signals = "time budget too small for a fine-tuning epoch", sig
                 return None
@@ -117,6 +160,7 @@ class AutoStrategy:
                 augment=cfg.augment,
                 patience=phase_patience(cfg, epochs),
                 signals={**sig, "rgn": dict(rgn), "estimated_epoch_seconds": cost},
+                ingredient=True,
                 reason=f"auto: thaw {len(chosen)} of {len(backbone)} backbone groups ({why}); probe reached "
                 f"val {last.best_val_accuracy:.4f}",
             )
@@ -160,6 +204,7 @@ class AutoStrategy:
                 augment=cfg.augment,
                 patience=phase_patience(cfg, epochs),
                 signals={**sig, "estimated_epoch_seconds": cost},
+                ingredient=True,
                 reason=f"auto: partial phase gained {gain:+.4f} over the probe (>= {need:.4f}) with train/val gap "
                 f"{gap:.3f}: thaw every group",
             )

@@ -9,7 +9,12 @@ from typing import Any, Protocol
 from thaw.config import FitConfig
 from thaw.models.groups import LayerGroup
 
-__all__ = ["Phase", "PlanContext", "PhaseResult", "Strategy"]
+__all__ = ["Phase", "PlanContext", "PhaseResult", "Strategy", "min_gain"]
+
+
+def min_gain(num_val: int) -> float:
+    """Smallest validation-accuracy difference that counts as real: two images, or half a point on large sets."""
+    return max(2.0 / max(num_val, 1), 0.005)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,11 @@ class Phase:
     reason: str = ""
     signals: dict[str, Any] = field(default_factory=dict)
     """The measurements this phase was decided from (auto), for summary.json."""
+    ingredient: bool = False
+    """Keep this phase's starting and selected weights, for repeats and a weight soup."""
+    restart_from: int | None = None
+    """Start from the starting weights of that (ingredient) phase instead of the current best: a repeat of it with
+    a fresh data order and augmentation, whose result joins the soup of that phase."""
 
     def scale(self, group: int) -> float:
         return self.lr_scales.get(group, 1.0)

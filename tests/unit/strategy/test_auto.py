@@ -93,8 +93,42 @@ def test_time_budget_sizes_phases_from_measured_cost() -> None:
     probe = auto.next_phase(ctx, [])
     assert probe is not None
     partial = auto.next_phase(ctx, [_result(0, probe, 0.7, 0.8)])
-    assert partial is not None and partial.epochs == int(100 * 0.45 / 7.5)
+    assert partial is not None and partial.epochs == int(100 * 0.35 / 7.5)
     tiny = _ctx(seconds_left=1.0, full_epoch_seconds=10.0)
     none = AutoStrategy()
     assert none.next_phase(tiny, [_result(0, probe, 0.7, 0.8)]) is None
     assert "budget" in none.stop_reason
+
+
+def _through_full(auto: AutoStrategy, ctx: PlanContext) -> list[PhaseResult]:
+    probe = auto.next_phase(ctx, [])
+    assert probe is not None
+    history = [_result(0, probe, 0.70, 0.8)]
+    partial = auto.next_phase(ctx, history)
+    assert partial is not None and partial.ingredient
+    history.append(_result(1, partial, 0.80, 0.85))
+    full = auto.next_phase(ctx, history)
+    assert full is not None and full.name == "auto-full" and full.ingredient
+    history.append(_result(2, full, 0.85, 0.9))
+    return history
+
+
+def test_leftover_budget_buys_repeats_of_the_winning_phase_for_a_soup() -> None:
+    ctx = _ctx(seconds_left=1000.0)
+    auto = AutoStrategy()
+    history = _through_full(auto, ctx)
+    for n in (1, 2):
+        repeat = auto.next_phase(ctx, history)
+        assert repeat is not None and repeat.restart_from == 2 and repeat.name == f"auto-full-repeat{n}"
+        assert repeat.trainable == history[2].phase.trainable and "greedy soup" in repeat.reason
+        history.append(_result(len(history), repeat, 0.84, 0.9))
+    assert auto.next_phase(ctx, history) is None  # at most two repeats
+
+
+def test_no_repeats_without_a_budget_or_without_time_for_one() -> None:
+    auto = AutoStrategy()
+    history = _through_full(auto, _ctx())
+    assert auto.next_phase(_ctx(), history) is None
+    # the full phase took 10 s (see _result): 12 s left is not 1.25 x 10 s
+    assert auto.next_phase(_ctx(seconds_left=12.0), history) is None
+    assert auto.next_phase(_ctx(seconds_left=13.0), history) is not None

@@ -27,7 +27,7 @@ def _nan_after(module: nn.Module, calls: set[int]) -> None:
 
 def test_a_nan_loss_restores_good_weights_and_retries_with_lower_lr() -> None:
     r = _runner()
-    _nan_after(r.model.get_classifier(), {5})  # one bad training step in epoch 2
+    _nan_after(r.model.get_classifier(), {6})  # epoch 1: 3 train + 2 val calls; call 6 is epoch 2, step 1
     res = r.run_phase(0, _full(r), [])
     assert res.stopped == "completed" and res.epochs_run == 2
     assert any("retrying with lr x0.1" in w for w in r.warnings)
@@ -84,3 +84,48 @@ def test_gap_warning_when_train_far_exceeds_stalled_validation() -> None:
     r.run_phase(0, _full(r, epochs=12, lr=3e-2), [])
     rows_warn = [w for w in r.warnings if "overfitting" in w]
     assert rows_warn, r.warnings
+
+
+def _scripted_validation(r: Any, results: list[tuple[float, float]]) -> None:
+    """Make the runner's validation return the given (accuracy, loss) per epoch."""
+    from thaw.train.loop import EpochStats
+
+    script = iter(results)
+
+    def predict(_data: Any) -> tuple[EpochStats, torch.Tensor]:
+        acc, loss = next(script)
+        return EpochStats(loss=loss, accuracy=acc, images=100, seconds=0.0), torch.zeros(0)
+
+    r.predict_logits = predict
+
+
+def test_patience_counts_epochs_where_neither_val_accuracy_nor_val_loss_improved() -> None:
+    r = _runner()
+    phase = Phase("p", trainable=tuple(range(len(r.groups))), epochs=6, lr=1e-3, augment="none", patience=2)
+    # accuracy flat after epoch 1, but the loss keeps falling: no early stop
+    _scripted_validation(r, [(0.5, 1.0), (0.5, 0.9), (0.5, 0.8), (0.5, 0.7), (0.5, 0.6), (0.5, 0.5)])
+    assert r.run_phase(0, phase, []).epochs_run == 6
+    r = _runner()
+    # both flat from epoch 2: stops after two bad epochs
+    _scripted_validation(r, [(0.5, 1.0), (0.6, 0.9), (0.6, 0.9), (0.55, 0.95), (0.7, 0.1), (0.7, 0.1)])
+    res = r.run_phase(0, phase, [])
+    assert res.epochs_run == 4 and res.stopped == "early-stopped"
+
+
+def test_last_epoch_is_kept_when_within_noise_of_the_best() -> None:
+    phase = Phase("p", trainable=tuple(range(len(_runner().groups))), epochs=4, lr=1e-3, augment="none", patience=0)
+    r = _runner()
+    r.val_data = _data(100, seed=1)  # noise margin: two images = 0.02
+    _scripted_validation(r, [(0.60, 1.0), (0.80, 0.7), (0.78, 0.6), (0.79, 0.6)])
+    res = r.run_phase(0, phase, [])
+    assert r.best_where == (0, 4) and r.best_val_accuracy == 0.79
+    assert "kept the last epoch" in res.extra["selection"]
+    final = {k: v.clone() for k, v in r.model.state_dict().items()}
+
+    r = _runner()
+    r.val_data = _data(100, seed=1)
+    _scripted_validation(r, [(0.60, 1.0), (0.80, 0.7), (0.78, 0.6), (0.75, 0.6)])  # 5 images worse: real
+    res = r.run_phase(0, phase, [])
+    assert r.best_where == (0, 2) and "selection" not in res.extra
+    # the restored weights are epoch 2's, not the last epoch's
+    assert any(not torch.equal(final[k], v) for k, v in r.model.state_dict().items() if v.is_floating_point())

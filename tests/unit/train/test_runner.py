@@ -143,3 +143,33 @@ def test_best_weights_are_restored_and_patience_stops_early() -> None:
         assert res.stopped == "early-stopped"
     stats, _ = r.predict_logits(r.val_data)
     assert stats.accuracy == r.best_val_accuracy
+
+
+def test_repeat_restarts_from_the_phase_start_and_greedy_soup_averages_weights() -> None:
+    r = _runner(label_smoothing=0.0)
+    head = len(r.groups) - 1
+    base = Phase("ft", trainable=(head - 1, head), epochs=2, lr=1e-2, augment="none", patience=0, ingredient=True)
+    start = {k: v.clone() for k, v in r.model.state_dict().items()}
+    r.run_phase(0, base, [])
+    first = {k: v.clone() for k, v in r._ingredients[0][0].items()}
+    repeat = Phase(
+        "ft-repeat1",
+        trainable=(head - 1, head),
+        epochs=2,
+        lr=1e-2,
+        augment="none",
+        patience=0,
+        ingredient=True,
+        restart_from=0,
+    )
+    r.run_phase(1, repeat, [])
+    torch.testing.assert_close(r._phase_start[0], start)
+    second = r._ingredients[1][0]
+    w = "classifier.weight"
+    assert not torch.equal(first[w], second[w])  # a new data order gives a different run
+    info = r.greedy_soup([0, 1])
+    assert info is not None and info["members"][0] in (0, 1)
+    if info["adopted"]:
+        torch.testing.assert_close(r.model.state_dict()[w], (first[w] + second[w]) / 2)
+        assert r.best_val_accuracy == info["soup_val_accuracy"]
+    assert r.greedy_soup([0]) is None  # one ingredient is no soup
