@@ -167,6 +167,7 @@ class ThawPath:
         batch: int,
         random_init: bool,
         bn: str,
+        amp: str = "auto",
     ) -> None:
         from thaw.config import FitConfig
         from thaw.data.cache import decode_all
@@ -182,7 +183,7 @@ class ThawPath:
         self.data = decode_all(scan(root).samples, pre)
         self.decode_seconds = time.perf_counter() - t0
         groups = layer_groups(model)
-        cfg = FitConfig(train=str(root), batch_size=batch, random_init=random_init, bn=bn, device="cpu")
+        cfg = FitConfig(train=str(root), batch_size=batch, random_init=random_init, bn=bn, device="cpu", amp=amp)
         ctx = PlanContext(config=cfg.resolved(), groups=tuple(groups), num_train=len(self.data), num_classes=10)
         self.phase = plan_fixed("full", ctx)[0]
         self.runner = Runner(
@@ -319,7 +320,16 @@ def bench_config(spec: dict[str, Any]) -> Result:
     base, mean, std, data_config, random_init = build_model(name, size)
     gflops = forward_gflops(base, size)
     paths: dict[str, ThawPath | PlainPath] = {}
-    thaw = ThawPath(copy.deepcopy(base), root, size, data_config, batch, random_init, spec.get("bn", "auto"))
+    thaw = ThawPath(
+        copy.deepcopy(base),
+        root,
+        size,
+        data_config,
+        batch,
+        random_init,
+        spec.get("bn", "auto"),
+        spec.get("amp", "auto"),
+    )
     paths["thaw"] = thaw
     for w in spec["workers"]:
         paths[f"plain_w{w}"] = PlainPath(copy.deepcopy(base), root, size, mean, std, batch, int(w))
@@ -369,6 +379,7 @@ def bench_config(spec: dict[str, Any]) -> Result:
         "images": len(thaw.data),
         "weights": "builtin ImageNet" if not random_init else "random init",
         "thaw_bn_policy": thaw.bn_policy,
+        "thaw_amp": str(thaw.runner.amp_dtype),
         "thaw_augment": thaw.phase.augment,
         "thaw_decode_seconds": thaw.decode_seconds,
         "forward_gflops_per_image": gflops,
@@ -658,6 +669,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="untimed steps per path before the repeats (default: 3)")
     p.add_argument("--workers", default="0,2", help="DataLoader num_workers of the plain path(s)")
     p.add_argument("--thaw-bn", default="auto", help="BatchNorm policy of thaw's path (default: thaw's own choice)")
+    p.add_argument("--thaw-amp", default="auto", help="mixed precision of thaw's path: auto (off on CPU), bf16, off")
     p.add_argument("--fit-size", type=int, default=96, help="img_size of the thaw.api.fit part")
     p.add_argument("--skip-fit", action="store_true", help="leave out the thaw.api.fit part")
     p.add_argument(
@@ -719,6 +731,7 @@ def main(argv: Sequence[str] | None = None) -> Result | None:
                     "warmup": args.warmup,
                     "workers": workers,
                     "bn": args.thaw_bn,
+                    "amp": args.thaw_amp,
                     "data": str(data),
                 }
                 report["configs"].append(run_worker("config", spec))
