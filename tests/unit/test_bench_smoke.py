@@ -65,3 +65,35 @@ def test_tiny_task_through_probe_and_finetune(tmp_path: Path) -> None:
     # The budget is checked between epochs, so it can be exceeded by about one (possibly slow) epoch.
     assert 1 <= res["epochs"] and res["wall_seconds"] < 8 + 20
     assert machine_info()["cores"] >= 1
+
+
+def test_summarize_means_and_spreads_over_seeds(tmp_path: Path) -> None:
+    from bench.summarize import load, table
+
+    lines = [
+        {
+            "task": "t",
+            "method": "a",
+            "seed": s,
+            "test_acc_best_val": v,
+            "test_acc_last": None,
+            "epochs": 10,
+            "wall_seconds": 5.0,
+        }
+        for s, v in ((0, 0.7), (1, 0.8), (2, 0.9))
+    ] + [
+        {
+            "task": "t",
+            "method": "b",
+            "seed": 0,
+            "test_acc_best_val": 0.95,
+            "test_acc_last": 0.9,
+            "epochs": 3,
+            "wall_seconds": 1.0,
+        }
+    ]
+    f = tmp_path / "r.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = table(load([f])).splitlines()
+    assert out[2].startswith("| t | b | 0 | 0.950 (1 run) |")  # best mean first
+    assert "| t | a | 0,1,2 | 0.800 ± 0.100 | 0.7000, 0.8000, 0.9000 | — |" in out[3]

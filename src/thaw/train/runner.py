@@ -74,7 +74,9 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if mode == "fp16":
         return torch.float16 if device.type == "cuda" else torch.bfloat16
-    # auto: bf16 on CUDA devices that support it; off on CPU (measured: no gain for these models there)
+    # auto: bf16 on CUDA devices that support it; off on CPU. Measured on a 2-core Xeon with AVX512-BF16 (Lite0 96 px,
+    # docs/benchmarks.md): bf16 autocast halved training throughput (126 -> 63 img/s), slowed evaluation (704 -> 588)
+    # and the embedded-sample lp-ft run reached test 0.803 instead of 0.813
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None

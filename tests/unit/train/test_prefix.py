@@ -170,3 +170,20 @@ def test_cache_key_follows_weights_transform_and_images() -> None:
     with torch.no_grad():
         next(model.get_submodule(plan.replaced[0]).parameters()).add_(1e-3)
     assert base != cache_key(model, plan, digest(images), {"augment": "none"})
+
+
+def test_compile_wraps_only_uncached_phases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile hands the forward of an uncached phase to torch.compile; cached phases keep the eager suffix."""
+    compiled: list[object] = []
+
+    def fake_compile(fn: object, **_kw: object) -> object:
+        compiled.append(fn)
+        return fn  # eager stand-in for inductor: what is compiled is the point here, not the compiler
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    r = _runner(compile=True)
+    head = len(r.groups) - 1
+    r.run_phase(0, Phase("full", trainable=tuple(range(head + 1)), epochs=1, lr=1e-3, augment="none", patience=0), [])
+    assert compiled == [r.model]
+    r.run_phase(1, _last_k_phase(r), [])  # prefix-cached: not compiled
+    assert compiled == [r.model]
