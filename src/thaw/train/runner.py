@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -672,6 +672,28 @@ class Runner:
             def step_hook(step: int, loss: float, acc: float, ips: float) -> None:
                 hook(phase.name, step, steps_per_epoch, loss, acc, ips)
 
+        def network_epoch(
+            fwd: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+        ) -> EpochStats:
+            """One training epoch through the network (whole, or its suffix on cached activations)."""
+            stats = train_epoch(
+                fwd,
+                batches,
+                opt,
+                sched,
+                label_smoothing=cfg.label_smoothing,
+                class_weights=self.class_weights,
+                amp_dtype=self.amp_dtype,
+                device=self.device,
+                grad_groups=grad_groups,
+                regularizer=regularizer,
+                on_step=step_hook,
+                all_agree=self._all_agree if sharded else None,
+            )
+            if sharded:
+                self._sync_after_epoch(stats)
+            return stats
+
         gap_warned = False
         plan: PrefixPlan | None = None
         prefix_info: dict[str, Any] = {}
@@ -742,22 +764,7 @@ class Runner:
                 elif plan is not None:
                     view = train_acts[self.global_epoch % len(train_acts)]
                     with SuffixForward(self.model, plan, runner=forward) as suffix:
-                        stats = train_epoch(
-                            suffix,
-                            self._activation_batches(view, self.train_data.labels, bs, order),
-                            opt,
-                            sched,
-                            label_smoothing=cfg.label_smoothing,
-                            class_weights=self.class_weights,
-                            amp_dtype=self.amp_dtype,
-                            device=self.device,
-                            grad_groups=grad_groups,
-                            regularizer=regularizer,
-                            on_step=step_hook,
-                            all_agree=self._all_agree if sharded else None,
-                        )
-                        if sharded:
-                            self._sync_after_epoch(stats)
+                        stats = network_epoch(suffix, self._activation_batches(view, self.train_data.labels, bs, order))
                         self.model.eval()
                         val_stats, _ = evaluate(
                             suffix,
@@ -766,22 +773,7 @@ class Runner:
                             device=self.device,
                         )
                 else:
-                    stats = train_epoch(
-                        forward,
-                        self._train_batches(phase.augment, order),
-                        opt,
-                        sched,
-                        label_smoothing=cfg.label_smoothing,
-                        class_weights=self.class_weights,
-                        amp_dtype=self.amp_dtype,
-                        device=self.device,
-                        grad_groups=grad_groups,
-                        regularizer=regularizer,
-                        on_step=step_hook,
-                        all_agree=self._all_agree if sharded else None,
-                    )
-                    if sharded:
-                        self._sync_after_epoch(stats)
+                    stats = network_epoch(forward, self._train_batches(phase.augment, order))
                     val_stats, _ = self.predict_logits(self.val_data)
             except NonFiniteLossError as exc:
                 self.model.load_state_dict(last_good)
