@@ -518,6 +518,27 @@ def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 
     )
 
 
+def thaw_fit(
+    task_dir: Path, strategy: str, budget: float, size: int, seed: int, out: Path, progress: Callable[[str], None] = log
+) -> Any:
+    """``thaw.fit`` on a task folder as every thaw benchmark runs it (40-epoch cap, the budget sizes the schedule)."""
+    from thaw.api import fit
+
+    return fit(
+        task_dir / "train",
+        val=str(task_dir / "val"),
+        test=str(task_dir / "test"),
+        strategy=strategy,
+        img_size=size,
+        seed=seed,
+        time_budget=budget,
+        epochs=40,
+        out=str(out),
+        overwrite=True,
+        progress=progress,
+    )
+
+
 def thaw_strategy(strategy: str) -> Callable[..., Result]:
     """thaw itself (``thaw.fit``) with one strategy, under the same wall-clock budget as the baselines.
 
@@ -526,23 +547,9 @@ def thaw_strategy(strategy: str) -> Callable[..., Result]:
     """
 
     def run(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -> Result:
-        from thaw.api import fit
-
         start = time.perf_counter()
         out = Path("bench/out/runs") / f"{task_dir.parent.name}-{task_dir.name}-{strategy}"
-        res = fit(
-            task_dir / "train",
-            val=str(task_dir / "val"),
-            test=str(task_dir / "test"),
-            strategy=strategy,
-            img_size=size,
-            seed=seed,
-            time_budget=budget,
-            epochs=40,
-            out=str(out),
-            overwrite=True,
-            progress=log,
-        )
+        res = thaw_fit(task_dir, strategy, budget, size, seed, out)
         s = res.summary
         phases = "; ".join(f"{p['name']} {p['epochs']}ep ({p['stopped']})" for p in s["phases"])
         return {

@@ -22,6 +22,7 @@ import thaw
 from tests.conftest import write_image_folder
 from thaw.cli import main
 from thaw.data.sample import sample_data_dir
+from thaw.strategy.auto import FIT_ACCURACY
 
 SRC = str(Path(thaw.__file__).resolve().parents[1])
 
@@ -522,6 +523,39 @@ def test_auto_strategy_explains_every_decision(tiny_folders: dict[str, Path], tm
     assert len(decisions) == len(r.summary["phases"]) + 1
     if len(r.summary["phases"]) > 1:
         assert "rgn" in decisions[1]["signals"] and decisions[1]["signals"]["rgn"]
+
+
+@pytest.mark.slow
+def test_auto_on_real_data_thaws_measures_and_soups_its_repeats(tmp_path: Path) -> None:
+    """`thaw fit --strategy auto --time-budget` on the embedded sample with the built-in Lite0 (64 px)."""
+    data = sample_data_dir()
+    out = tmp_path / "auto"
+    argv = ["fit", str(data / "train"), "--val", str(data / "val"), "--test", str(data / "test")]
+    argv += ["--model", "efficientnet_lite0", "--strategy", "auto", "--img-size", "64", "--epochs", "3"]
+    argv += ["--probe-epochs", "5", "--time-budget", "10m", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    phases, decisions = summary["phases"], summary["decisions"]
+    assert phases[0]["name"] == "linear-probe" and phases[0]["start"] == "best so far"
+    # where each fine-tuning phase starts follows whether the best phase before it fit its training set
+    probe_fit = decisions[1]["signals"]["train_accuracy"] >= FIT_ACCURACY
+    assert phases[1]["name"] == "auto-partial"
+    assert phases[1]["start"] == ("pretrained" if probe_fit else "best so far")
+    # every decision carries its numbers; with 10 minutes of budget everything is thawed and measured
+    for d in decisions:
+        assert d["reason"] and isinstance(d["signals"], dict)
+    gate = next(d for d in decisions if "gain_over_probe" in d["signals"])
+    assert gate["decision"] == "run auto-full" and phases[2]["name"] == "auto-full"
+    # repeats restart from their phase's start, and exactly the repeated phases get a soup decision with its numbers
+    repeated = {p["index"] for p in phases if p["start"].endswith(" start")}
+    soups = [d for d in decisions if d["decision"] == "weight soup"]
+    assert len(soups) == (1 if repeated else 0)
+    for soup in soups:
+        sig = soup["signals"]
+        assert sorted(sig["members"])[1:] == sorted(repeated)
+        assert {"soup_val_accuracy", "mean_ingredient_val_accuracy", "noise_margin", "adopted"} <= set(sig)
+        if sig["adopted"]:
+            assert summary["best_val_accuracy"] == pytest.approx(sig["soup_val_accuracy"])
 
 
 def test_tensorboard_log(tiny_folders: dict[str, Path], tmp_path: Path) -> None:

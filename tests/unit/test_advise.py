@@ -228,5 +228,4 @@ def test_advise_on_the_demo_data_with_builtin_weights() -> None:
     assert lite0.linear_accuracy > 0.5  # pretrained features separate Fashion-MNIST classes well above chance (10%)
     assert lite0.stages[-1].logme > lite0.stages[0].logme
     assert result.plan.strategy in ("linear", "last-k", "lp-ft", "full")
-    # target: under 60 s on 2 idle cores; the bound leaves room for a machine shared with other test runs
-    assert result.seconds < 120
+    # its wall time (under 60 s on 2 cores) is a benchmark, docs/benchmarks.md "thaw advise", not a test assertion

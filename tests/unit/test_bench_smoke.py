@@ -97,3 +97,18 @@ def test_summarize_means_and_spreads_over_seeds(tmp_path: Path) -> None:
     out = table(load([f])).splitlines()
     assert out[2].startswith("| t | b | 0 | 0.950 (1 run) |")  # best mean first
     assert "| t | a | 0,1,2 | 0.800 ± 0.100 | 0.7000, 0.8000, 0.9000 | — |" in out[3]
+
+
+def test_soup_bench_scores_runs_soup_and_ensemble(tmp_path: Path) -> None:
+    from bench.soup import measure
+
+    task_dir = materialize("tiny", 0, tmp_path / "data")
+    res = measure(task_dir, [0, 1], "linear", budget=20, size=32, out=tmp_path / "runs")
+    for split in ("val", "test"):
+        assert len(res[f"single_{split}"]) == 2
+        for value in [*res[f"single_{split}"], res[f"soup_{split}"], res[f"ensemble_{split}"]]:
+            assert 0.0 <= value <= 1.0
+    # two linear probes share the frozen backbone, so their soup is the average head: its accuracy lies in reach of
+    # theirs, not at chance, unless averaging were broken
+    assert res["soup_test"] >= min(res["single_test"]) - 0.2
+    json.dumps(res)

@@ -44,6 +44,9 @@ class Phase:
     restart_from: int | None = None
     """Start from the starting weights of that (ingredient) phase instead of the current best: a repeat of it with
     a fresh data order and augmentation, whose result joins the soup of that phase."""
+    from_pretrained: bool = False
+    """Start from the weights training began with (pretrained backbone, fresh zero head) instead of the current best.
+    The best weights so far stay the result until this phase beats them on validation."""
 
     def scale(self, group: int) -> float:
         return self.lr_scales.get(group, 1.0)
@@ -101,6 +104,13 @@ class PhaseResult:
             "lr_scales": {group_names[i]: s for i, s in self.phase.lr_scales.items()},
             "bn_policy": self.phase.bn_policy,
             "augment": self.phase.augment,
+            "start": (
+                f"phase {self.phase.restart_from} start"
+                if self.phase.restart_from is not None
+                else "pretrained"
+                if self.phase.from_pretrained
+                else "best so far"
+            ),
             "stopped": self.stopped,
             "cached_features": self.cached_features,
             "seconds": self.seconds,

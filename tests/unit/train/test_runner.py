@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 from torch import nn
@@ -145,7 +146,7 @@ def test_best_weights_are_restored_and_patience_stops_early() -> None:
     assert stats.accuracy == r.best_val_accuracy
 
 
-def test_repeat_restarts_from_the_phase_start_and_greedy_soup_averages_weights() -> None:
+def test_repeat_restarts_from_the_phase_start_and_weight_soup_averages_weights() -> None:
     r = _runner(label_smoothing=0.0)
     head = len(r.groups) - 1
     base = Phase("ft", trainable=(head - 1, head), epochs=2, lr=1e-2, augment="none", patience=0, ingredient=True)
@@ -167,9 +168,58 @@ def test_repeat_restarts_from_the_phase_start_and_greedy_soup_averages_weights()
     second = r._ingredients[1][0]
     w = "classifier.weight"
     assert not torch.equal(first[w], second[w])  # a new data order gives a different run
-    info = r.greedy_soup([0, 1])
-    assert info is not None and info["members"][0] in (0, 1)
+    best_before = r.best_val_accuracy
+    info = r.weight_soup([0, 1])
+    assert info is not None and info["members"] == [0, 1]
+    assert info["mean_ingredient_val_accuracy"] == pytest.approx((r._ingredients[0][1] + r._ingredients[1][1]) / 2)
+    n, p = len(r.val_data), info["mean_ingredient_val_accuracy"]
+    assert info["noise_margin"] == pytest.approx(max(2 / n, 0.005, 2 * (p * (1 - p) / n) ** 0.5))
+    expected = (
+        info["soup_val_accuracy"] >= info["mean_ingredient_val_accuracy"] - info["noise_margin"] - 1e-6
+        and info["soup_val_accuracy"] >= best_before - info["noise_margin"] - 1e-6
+    )
+    assert info["adopted"] == expected
     if info["adopted"]:
         torch.testing.assert_close(r.model.state_dict()[w], (first[w] + second[w]) / 2)
         assert r.best_val_accuracy == info["soup_val_accuracy"]
-    assert r.greedy_soup([0]) is None  # one ingredient is no soup
+    assert r.weight_soup([0]) is None  # one ingredient is no soup
+
+
+def test_weight_soup_is_vetoed_when_validation_collapses() -> None:
+    r = _runner(label_smoothing=0.0)
+    head = len(r.groups) - 1
+    phase = Phase("ft", trainable=(head - 1, head), epochs=3, lr=1e-2, augment="none", patience=0, ingredient=True)
+    r.run_phase(0, phase, [])
+    good = r._ingredients[0]
+    # an ingredient from another basin: its classifier points the opposite way, so the average predicts nothing
+    bad = {k: v.clone() for k, v in good[0].items()}
+    bad["classifier.weight"] = -3 * bad["classifier.weight"]
+    bad["classifier.bias"] = -3 * bad["classifier.bias"]
+    r._ingredients[1] = (bad, good[1], good[2])
+    before = r.best_val_accuracy
+    kept = {k: v.clone() for k, v in r.model.state_dict().items()}
+    info = r.weight_soup([0, 1])
+    assert info is not None and not info["adopted"]
+    assert info["soup_val_accuracy"] < good[1] - info["noise_margin"]
+    assert r.best_val_accuracy == before
+    torch.testing.assert_close(r.model.state_dict(), kept)  # the best weights are back in the model
+
+
+def test_from_pretrained_phase_starts_from_the_initial_weights() -> None:
+    r = _runner()
+    head = len(r.groups) - 1
+    initial = {k: v.clone() for k, v in r.model.state_dict().items()}
+    r.run_phase(0, Phase("probe", trainable=(head,), epochs=2, lr=1e-1, augment="none", patience=0), [])
+    assert not torch.equal(r.model.state_dict()["classifier.weight"], initial["classifier.weight"])
+    fresh = Phase(
+        "ft",
+        trainable=(head - 1, head),
+        epochs=1,
+        lr=1e-3,
+        augment="none",
+        patience=0,
+        ingredient=True,
+        from_pretrained=True,
+    )
+    r.run_phase(1, fresh, [])
+    torch.testing.assert_close(r._phase_start[1], initial)
