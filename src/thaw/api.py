@@ -378,7 +378,7 @@ def _fit(
         if left is not None:
             left = dist.broadcast_float(left, info, device)  # rank 0's clock plans for every rank
         if cfg.strategy == "auto" and history:
-            signals.update(_measure_signals(runner, info, device))
+            signals.update(_measure_signals(runner, info, device, warmup="rgn" not in signals))
         ctx = PlanContext(
             config=cfg,
             groups=tuple(groups),
@@ -511,7 +511,9 @@ def _fit(
     )
 
 
-def _measure_signals(runner: Runner, info: dist.DistInfo, device: torch.device, batches: int = 4) -> dict[str, Any]:
+def _measure_signals(
+    runner: Runner, info: dist.DistInfo, device: torch.device, batches: int = 4, *, warmup: bool = True
+) -> dict[str, Any]:
     """Relative gradient norm per group with the current weights (Auto-RGN) on a few training batches, and the
     measured cost of a full fine-tuning epoch from the same forward+backward passes (for the time budget)."""
     from thaw.strategy.signals import relative_grad_norms
@@ -521,10 +523,11 @@ def _measure_signals(runner: Runner, info: dist.DistInfo, device: torch.device, 
     order = torch.randperm(n, generator=torch.Generator().manual_seed(runner.config.seed))[: batches * bs]
     sub = runner.train_data.subset(order.tolist())
     data = list(tensor_batches(sub.images, sub.labels, bs, transform=runner._normalize, device=device))
-    # one untimed batch first: the process's first backward pass through the backbone pays one-time setup (the probe
-    # before it trained on cached features), which made the estimate 2-4x too high and cut auto's first fine-tuning
-    # phase short in every fresh `thaw fit` process (fashion10 seed 0: 19-31 planned epochs instead of 40)
-    relative_grad_norms(runner.model, runner.groups, data[:1])
+    if warmup:
+        # one untimed batch first: the process's first backward pass through the backbone pays one-time setup (the
+        # probe before it trained on cached features), which made the estimate 2-4x too high and cut auto's first
+        # fine-tuning phase short in every fresh `thaw fit` process (fashion10 seed 0: 19-31 planned epochs, not 40)
+        relative_grad_norms(runner.model, runner.groups, data[:1])
     start = time.perf_counter()
     rgn = relative_grad_norms(runner.model, runner.groups, data)
     per_image = (time.perf_counter() - start) / max(len(order), 1)
