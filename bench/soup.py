@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from bench.baselines import log, thaw_fit
 from bench.fashion import materialize
@@ -33,6 +32,7 @@ def measure(task_dir: Path, runs: list[int], strategy: str, budget: float, size:
     from thaw.api import _infer, _load_for_inference
     from thaw.data.cache import decode_all
     from thaw.data.sources import scan
+    from thaw.train.runner import _average
 
     dirs = []
     for run in runs:
@@ -48,10 +48,8 @@ def measure(task_dir: Path, runs: list[int], strategy: str, budget: float, size:
     ys = {s: d.labels.numpy() for s, d in splits.items()}
     probs = {s: [_infer(m, d, pre) for m, _, _ in loaded] for s, d in splits.items()}
     soup = loaded[0][0]
-    states = [m.state_dict() for m, _, _ in loaded]
-    soup.load_state_dict(
-        {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v for k, v in states[0].items()}
-    )
+    # the same average that Runner.weight_soup adopts
+    soup.load_state_dict(_average([m.state_dict() for m, _, _ in loaded]))
     result: dict[str, Any] = {"task": task_dir.parent.name, "seed": task_dir.name, "strategy": strategy, "runs": runs}
     for s in ("val", "test"):
         result[f"single_{s}"] = [_accuracy(p, ys[s]) for p in probs[s]]

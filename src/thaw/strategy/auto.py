@@ -52,6 +52,11 @@ MAX_REPEATS = 2
 FIT_ACCURACY = 0.95
 
 
+def _best_phase(history: Sequence[PhaseResult]) -> PhaseResult | None:
+    """The phase holding the best weights: the last one that improved on everything before it."""
+    return next((r for r in reversed(history) if r.best_epoch > 0), None)
+
+
 def _start(history: Sequence[PhaseResult]) -> tuple[bool, str]:
     """Where the next fine-tuning phase starts: (from_pretrained, why), judged on the phase holding the best weights.
 
@@ -61,7 +66,7 @@ def _start(history: Sequence[PhaseResult]) -> tuple[bool, str]:
     fresh head and 0.695 from the probe's head, and the full phase after it, continuing from the probe's head (LP-FT),
     val 0.79 against 0.765 for `full` from a fresh head.
     """
-    best = max((r for r in history if r.best_epoch > 0), key=lambda r: r.index, default=history[-1])
+    best = _best_phase(history) or history[-1]
     train = best.last_train_accuracy
     if train >= FIT_ACCURACY:
         return True, (
@@ -106,11 +111,10 @@ class AutoStrategy:
         if last.phase.restart_from is not None:
             family = last.phase.restart_from
         else:
-            # the phase holding the best weights (the last one that improved on everything before it)
-            winners = [r.index for r in history if r.best_epoch > 0]
-            if not winners:
+            winner = _best_phase(history)
+            if winner is None:
                 return None
-            family = winners[-1]
+            family = winner.index
         base = history[family]
         if ctx.seconds_left is None or not base.phase.ingredient or base.best_epoch == 0:
             return None

@@ -516,7 +516,7 @@ class Runner:
         soups scored 0.015 below, 0.035 below and 0.0125 above their runs' mean on 100 validation images), so the
         soup is adopted unless it falls below the runs' mean, or below the best weights so far, by more than the
         noise of a validation accuracy: two binomial standard errors, sqrt(p(1-p)/n), and at least ``min_gain``. A
-        failed average (runs in different basins) falls far below that.
+        failed average (runs in different basins) shows as a large drop (a collapsed average in the unit test).
 
         Returns what was measured (for summary.json), or None with fewer than two ingredients.
         """

@@ -30,6 +30,17 @@ def _result(index: int, phase: Phase, val: float, train: float) -> PhaseResult:
     return PhaseResult(index, phase, phase.epochs, 1, val, 1.0, 0.5, train, 10.0, 100.0)
 
 
+def _probe_then_partial(ctx: PlanContext, probe_val: float, probe_train: float) -> tuple[list[PhaseResult], Phase]:
+    """The probe's result and the partial phase auto plans from it."""
+    auto = AutoStrategy()
+    probe = auto.next_phase(ctx, [])
+    assert probe is not None
+    history = [_result(0, probe, probe_val, probe_train)]
+    partial = auto.next_phase(ctx, history)
+    assert partial is not None
+    return history, partial
+
+
 def test_starts_with_a_cached_probe() -> None:
     phase = AutoStrategy().next_phase(_ctx(), [])
     assert phase is not None and phase.name == "linear-probe" and phase.augment == "none"
@@ -57,12 +68,7 @@ def test_partial_phase_thaws_the_groups_with_the_highest_gradient_signal() -> No
 
 def test_thaws_everything_whatever_the_partial_phase_scored() -> None:
     ctx = _ctx()
-    auto = AutoStrategy()
-    probe = auto.next_phase(ctx, [])
-    assert probe is not None
-    h = [_result(0, probe, 0.70, 0.9)]
-    partial = auto.next_phase(ctx, h)
-    assert partial is not None
+    h, partial = _probe_then_partial(ctx, 0.70, 0.9)
     gain = min_gain(100)
     for val, word in ((0.70 + 2 * gain, "gained"), (0.70 + gain / 2, "noise margin"), (0.70 - gain, "fell")):
         full = AutoStrategy().next_phase(ctx, [*h, _result(1, partial, val, 0.8)])
@@ -81,11 +87,7 @@ def test_thaws_everything_whatever_the_partial_phase_scored() -> None:
 def test_repeats_go_to_the_phase_holding_the_best_weights() -> None:
     ctx = _ctx(seconds_left=1000.0)
     auto = AutoStrategy()
-    probe = auto.next_phase(ctx, [])
-    assert probe is not None
-    history = [_result(0, probe, 0.70, 1.0)]
-    partial = auto.next_phase(ctx, history)
-    assert partial is not None
+    history, partial = _probe_then_partial(ctx, 0.70, 1.0)
     history.append(_result(1, partial, 0.80, 1.0))
     full = auto.next_phase(ctx, history)
     assert full is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import timm
 import torch
@@ -153,16 +155,7 @@ def test_repeat_restarts_from_the_phase_start_and_weight_soup_averages_weights()
     start = {k: v.clone() for k, v in r.model.state_dict().items()}
     r.run_phase(0, base, [])
     first = {k: v.clone() for k, v in r._ingredients[0][0].items()}
-    repeat = Phase(
-        "ft-repeat1",
-        trainable=(head - 1, head),
-        epochs=2,
-        lr=1e-2,
-        augment="none",
-        patience=0,
-        ingredient=True,
-        restart_from=0,
-    )
+    repeat = replace(base, name="ft-repeat1", restart_from=0)
     r.run_phase(1, repeat, [])
     torch.testing.assert_close(r._phase_start[0], start)
     second = r._ingredients[1][0]
@@ -211,15 +204,7 @@ def test_from_pretrained_phase_starts_from_the_initial_weights() -> None:
     initial = {k: v.clone() for k, v in r.model.state_dict().items()}
     r.run_phase(0, Phase("probe", trainable=(head,), epochs=2, lr=1e-1, augment="none", patience=0), [])
     assert not torch.equal(r.model.state_dict()["classifier.weight"], initial["classifier.weight"])
-    fresh = Phase(
-        "ft",
-        trainable=(head - 1, head),
-        epochs=1,
-        lr=1e-3,
-        augment="none",
-        patience=0,
-        ingredient=True,
-        from_pretrained=True,
-    )
+    fresh = Phase("ft", (head - 1, head), epochs=1, lr=1e-3, augment="none", patience=0, from_pretrained=True)
+    fresh = replace(fresh, ingredient=True)
     r.run_phase(1, fresh, [])
     torch.testing.assert_close(r._phase_start[1], initial)
