@@ -9,8 +9,12 @@ Every method takes a task folder (train/, val/, test/ of class folders, see benc
 seconds (training and validation count; the final test pass does not), an image size (28 px images are
 upsampled bilinearly, grayscale replicated to 3 channels) and a seed, and returns a flat dict::
 
-    {method, task, seed, test_acc_best_val, test_acc_last, best_val_acc, epochs, wall_seconds,
-     train_images_per_second, notes}
+    {method, task, seed, test_acc_best_val, test_acc_last, best_val_acc, epochs, steps, wall_seconds,
+     budget_share, train_images_per_second, notes}
+
+The number of classes is the number of class folders under ``train/``. ``flip`` (default True) says whether a
+horizontal flip preserves the task's labels; the ``tutorial``, ``scratch`` and ``fastai_fine_tune`` recipes flip only
+then (bench/tasks.py sets it per task: not for digits).
 
 Pretrained methods use the built-in offline EfficientNet-Lite0 ImageNet weights through thaw's own loader.
 Progress goes to stderr (this is a bench script, not library code).
@@ -38,7 +42,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 MODEL_NAME = "efficientnet_lite0"
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # default of load_pretrained; every recipe passes the task's own class count
+#: The sklearn probe's C grid (the protocol, ../shared/BENCHMARKS.md).
+PROBE_CS = (0.01, 0.1, 1.0, 10.0)
 Result = dict[str, Any]
 
 
@@ -70,6 +76,11 @@ def task_name(task_dir: Path) -> str:
     """``bench/data/fashion100/seed0`` -> ``fashion100``; any other folder -> its own name."""
     task_dir = Path(task_dir)
     return task_dir.parent.name if task_dir.name.startswith("seed") else task_dir.name
+
+
+def num_classes_of(task_dir: Path) -> int:
+    """Number of class folders under ``task_dir/train``."""
+    return sum(1 for p in (Path(task_dir) / "train").iterdir() if p.is_dir())
 
 
 def load_pretrained(num_classes: int = NUM_CLASSES) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
@@ -158,17 +169,20 @@ def result(method: str, task_dir: Path, seed: int, **values: Any) -> Result:
         "notes",
     ):
         out[key] = values.pop(key)
+    out["steps"] = values.pop("steps", None)
+    budget = values.get("budget_seconds")
+    out["budget_share"] = out["wall_seconds"] / budget if budget else None
     out.update(values)
     return out
 
 
 # --------------------------------------------------------------------------------------------- linear probe
-def linear_probe(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -> Result:
+def linear_probe(task_dir: Path, budget: float, size: int = 96, seed: int = 0, flip: bool = True) -> Result:
     """Frozen pooled features + sklearn logistic regression, C picked on validation.
 
     One feature pass over train/val/test (eval transforms), StandardScaler, then LogisticRegression for each C
-    of a small grid; the best C by validation accuracy is scored on test. ``budget`` is only reported against
-    (the probe takes well under a minute).
+    of ``PROBE_CS`` (lbfgs); the best C by validation accuracy is scored on test. ``budget`` is only reported
+    against (the probe takes well under a minute); ``flip`` is unused (no augmentation).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -177,7 +191,7 @@ def linear_probe(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -
     seed_everything(seed)
     task_dir = Path(task_dir)
     t0 = time.perf_counter()
-    model, mean, std = load_pretrained()
+    model, mean, std = load_pretrained(num_classes_of(task_dir))
     loaders = {s: folder_loader(task_dir / s, size, mean, std, train=False, batch_size=64) for s in ("train", "val")}
     xs: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
@@ -191,7 +205,7 @@ def linear_probe(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -
     tr, va = scaler.transform(xs["train"]), scaler.transform(xs["val"])
     best: tuple[float, float, Any] = (-1.0, 0.0, None)
     unconverged = 0
-    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
+    for c in PROBE_CS:
         with warnings.catch_warnings(record=True) as caught:
             # A capped max_iter is part of a budgeted recipe; count non-convergence instead of failing.
             warnings.simplefilter("always", ConvergenceWarning)
@@ -232,7 +246,7 @@ def linear_probe(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -
     )
 
 
-# ------------------------------------------------------------------------------------ tutorial fine-tune
+# ------------------------------------------------------------------------- plain_finetune (old, documented)
 def tutorial_loop(
     method: str,
     model: nn.Module,
@@ -245,12 +259,13 @@ def tutorial_loop(
     notes: str,
     t0: float,
 ) -> Result:
-    """The PyTorch transfer-learning tutorial loop under a wall-clock budget.
+    """The loop behind ``plain_finetune`` (figures of 2026-11-28/29 in docs/benchmarks.md): kept as it ran.
 
-    All layers train; SGD lr 0.01 momentum 0.9 (no weight decay), batch 32, cross-entropy. After epoch 1 the
-    epochs that fit the budget are estimated as ``floor(budget / epoch-1 time)`` and the learning rate follows a
-    cosine over them. Validation after every epoch; the best-validation weights and the last weights are both
-    scored on test.
+    All layers train; SGD lr 0.01 momentum 0.9 (no weight decay), batch 32, cross-entropy, ImageFolder + PIL
+    ``RandomResizedCrop`` + flip every epoch, default memory format. After epoch 1 the epochs that fit the budget
+    are estimated as ``floor(budget / epoch-1 time)`` and the learning rate follows a cosine over them. Validation
+    after every epoch; the best-validation weights and the last weights are both scored on test. The protocol's
+    loop is ``tutorial`` below.
     """
     task_dir = Path(task_dir)
     gen = seed_everything(seed)
@@ -263,7 +278,7 @@ def tutorial_loop(
     total_epochs: int | None = None
     best_val, best_state, best_epoch = -1.0, copy.deepcopy(model.state_dict()), 0
     train_seconds = 0.0
-    train_images = 0
+    train_images = steps = 0
     epoch = 0
     stopped_early = False
     while total_epochs is None or epoch < total_epochs:
@@ -283,6 +298,7 @@ def tutorial_loop(
             optimizer.step()
             loss_sum += loss.detach().item() * len(y)
             train_images += len(y)
+            steps += 1
         train_seconds += time.perf_counter() - te
         val_acc = evaluate(model, val_loader)
         epoch += 1
@@ -318,6 +334,7 @@ def tutorial_loop(
         test_acc_last=test_last,
         best_val_acc=best_val,
         epochs=epoch,
+        steps=steps,
         wall_seconds=wall,
         train_images_per_second=train_images / train_seconds,
         notes=notes,
@@ -327,11 +344,14 @@ def tutorial_loop(
     )
 
 
-def plain_finetune(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -> Result:
-    """PyTorch transfer-learning tutorial recipe on the pretrained Lite0, all layers trainable."""
+def plain_finetune(task_dir: Path, budget: float, size: int = 96, seed: int = 0, flip: bool = True) -> Result:
+    """The first tutorial recipe (RandomResizedCrop, default memory format): kept for the documented figures.
+
+    ``flip`` is ignored (this recipe always flipped); the protocol's loop is ``tutorial``.
+    """
     t0 = time.perf_counter()
     seed_everything(seed)  # the new head's init depends on it
-    model, mean, std = load_pretrained()
+    model, mean, std = load_pretrained(num_classes_of(task_dir))
     notes = (
         "torchvision tutorial loop: ImageFolder+PIL transforms, SGD 0.01 mom 0.9, cosine, bs 32, no wd; "
         f"the weights' own normalisation mean={mean} std={std}"
@@ -339,16 +359,183 @@ def plain_finetune(task_dir: Path, budget: float, size: int = 96, seed: int = 0)
     return tutorial_loop("plain_finetune", model, mean, std, task_dir, budget, size, seed, notes, t0)
 
 
-def scratch(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -> Result:
-    """Same recipe as ``plain_finetune`` from timm's random initialisation (thaw's loader, ``random_init``)."""
+# ------------------------------------------------------------------------------ tutorial (the protocol's)
+class DecodedFolder(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    """An ImageFolder decoded once: PIL ``convert("RGB")``, Resize(size) + CenterCrop(size), kept as uint8 CHW.
+
+    Training items get pad-and-crop (``RandomCrop(size, padding=size // 8)``, zero fill) and, when ``flip``,
+    ``RandomHorizontalFlip``; then float and the weights' normalisation. What a user who read the tutorial writes
+    once decoding shows up in the profile.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        train: bool,
+        flip: bool,
+    ) -> None:
+        folder = datasets.ImageFolder(str(root))
+        geometry = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+        self.images = torch.stack([geometry(folder.loader(path)) for path, _ in folder.samples])
+        self.labels = [label for _, label in folder.samples]
+        aug: list[Any] = []
+        if train:
+            aug.append(transforms.RandomCrop(size, padding=size // 8))
+            if flip:
+                aug.append(transforms.RandomHorizontalFlip())
+        self.augment = transforms.Compose(aug) if aug else None
+        self.normalize = transforms.Normalize(mean, std)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i]
+        if self.augment is not None:
+            x = self.augment(x)
+        return self.normalize(x.float().div_(255)), self.labels[i]
+
+
+def protocol_loop(
+    method: str,
+    model: nn.Module,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    task_dir: Path,
+    budget: float,
+    size: int,
+    seed: int,
+    flip: bool,
+    notes: str,
+    t0: float,
+) -> Result:
+    """The tutorial loop exactly as ../shared/BENCHMARKS.md defines it, under a wall-clock budget from ``t0``.
+
+    channels_last model and batches; SGD lr 0.01 momentum 0.9, no weight decay; batch 32; BatchNorm in train mode
+    (``model.train()``); pad-and-crop augmentation (+ horizontal flip when ``flip``); evaluation every epoch. Epoch 1
+    is timed (train + validation) and the epochs that fit the rest of the budget give the cosine's length (applied
+    per epoch, annealing towards zero at the last one). The budget counts model loading, decoding, training and
+    validation; the final test passes (best-validation weights and last weights) do not count.
+    """
+    task_dir = Path(task_dir)
+    gen = seed_everything(seed)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    train_ds = DecodedFolder(task_dir / "train", size, mean, std, train=True, flip=flip)
+    val_ds = DecodedFolder(task_dir / "val", size, mean, std, train=False, flip=False)
+    train_loader = DataLoader(train_ds, batch_size=32, shuffle=True, num_workers=0, generator=gen)
+    val_loader = DataLoader(val_ds, batch_size=64, shuffle=False, num_workers=0)
+    base_lr = 0.01
+    optimizer = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.9, weight_decay=0.0)
+    criterion = nn.CrossEntropyLoss()
+
+    total_epochs: int | None = None
+    best_val, best_state, best_epoch = -1.0, copy.deepcopy(model.state_dict()), 0
+    train_seconds = 0.0
+    train_images = steps = epoch = 0
+    stopped_early = False
+    while total_epochs is None or epoch < total_epochs:
+        if total_epochs is not None:
+            lr = 0.5 * base_lr * (1 + math.cos(math.pi * epoch / total_epochs))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        te = time.perf_counter()
+        model.train()
+        loss_sum = 0.0
+        for x, y in train_loader:
+            x = x.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().item() * len(y)
+            train_images += len(y)
+            steps += 1
+        train_seconds += time.perf_counter() - te
+        val_acc = evaluate_cl(model, val_loader)
+        epoch += 1
+        epoch_seconds = time.perf_counter() - te
+        if val_acc > best_val:
+            best_val, best_state, best_epoch = val_acc, copy.deepcopy(model.state_dict()), epoch
+        elapsed = time.perf_counter() - t0
+        if total_epochs is None:
+            total_epochs = max(1, int((budget - (te - t0)) // epoch_seconds))
+            log(f"{method}: epoch 1 took {epoch_seconds:.1f}s -> {total_epochs} epochs fit in {budget:.0f}s")
+        log(
+            f"{method}: epoch {epoch}/{total_epochs} lr={optimizer.param_groups[0]['lr']:.4g} "
+            f"train_loss={loss_sum / len(train_ds):.4f} val_acc={val_acc:.4f} elapsed={elapsed:.1f}s"
+        )
+        if epoch < total_epochs and elapsed + epoch_seconds > budget * 1.05:
+            stopped_early = True
+            break
+    wall = time.perf_counter() - t0
+
+    test_loader = DataLoader(
+        DecodedFolder(task_dir / "test", size, mean, std, train=False, flip=False), batch_size=64, num_workers=0
+    )
+    test_last = evaluate_cl(model, test_loader)
+    model.load_state_dict(best_state)
+    test_best = evaluate_cl(model, test_loader)
+    notes += f"; best epoch {best_epoch}/{epoch}"
+    if stopped_early:
+        notes += f"; stopped at the budget before the planned {total_epochs} epochs (cosine not finished)"
+    return result(
+        method,
+        task_dir,
+        seed,
+        test_acc_best_val=test_best,
+        test_acc_last=test_last,
+        best_val_acc=best_val,
+        epochs=epoch,
+        steps=steps,
+        wall_seconds=wall,
+        train_images_per_second=train_images / train_seconds,
+        notes=notes,
+        best_epoch=best_epoch,
+        planned_epochs=total_epochs,
+        flip=flip,
+        image_size=size,
+        budget_seconds=budget,
+    )
+
+
+@torch.inference_mode()
+def evaluate_cl(model: nn.Module, loader: DataLoader[Any]) -> float:
+    """Top-1 accuracy with channels_last batches (eval mode)."""
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def tutorial(task_dir: Path, budget: float, size: int = 96, seed: int = 0, flip: bool = True) -> Result:
+    """The protocol's tutorial loop on the pretrained Lite0 (thaw's offline weights) with a fresh head."""
+    t0 = time.perf_counter()
+    seed_everything(seed)  # the new head's init depends on it
+    model, mean, std = load_pretrained(num_classes_of(task_dir))
+    notes = (
+        "protocol tutorial loop: decoded once, pad-and-crop"
+        + (" + hflip" if flip else " (no flip)")
+        + ", channels_last, SGD 0.01 mom 0.9, no wd, cosine over the epochs that fit, bs 32, BN train mode; "
+        f"normalisation mean={mean} std={std}"
+    )
+    return protocol_loop("tutorial", model, mean, std, task_dir, budget, size, seed, flip, notes, t0)
+
+
+def scratch(task_dir: Path, budget: float, size: int = 96, seed: int = 0, flip: bool = True) -> Result:
+    """The protocol's tutorial loop from timm's random initialisation (thaw's loader, ``random_init``)."""
     from thaw.models.load import load_model
 
     t0 = time.perf_counter()
     seed_everything(seed)
-    lm = load_model(MODEL_NAME, num_classes=NUM_CLASSES, random_init=True)
+    lm = load_model(MODEL_NAME, num_classes=num_classes_of(task_dir), random_init=True)
     mean, std = tuple(lm.data_config["mean"]), tuple(lm.data_config["std"])
-    notes = f"random init (timm default), tutorial loop as plain_finetune; normalisation mean={mean} std={std}"
-    return tutorial_loop("scratch", lm.model, mean, std, task_dir, budget, size, seed, notes, t0)
+    notes = f"random init (timm default), the protocol tutorial loop; normalisation mean={mean} std={std}"
+    return protocol_loop("scratch", lm.model, mean, std, task_dir, budget, size, seed, flip, notes, t0)
 
 
 # ----------------------------------------------------------------------------------------------- fastai
@@ -369,14 +556,15 @@ def _train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repe
     return float(np.mean(times))
 
 
-def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -> Result:
+def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 0, flip: bool = True) -> Result:
     """fastai's ``vision_learner`` + ``fine_tune(epochs, base_lr=2e-3)`` recipe, run with fastai itself.
 
     The learner is fastai's own for the timm arch ``efficientnet_lite0`` (fastai's pooled head, its two-group
     splitter, Adam, wd 0.01, ``train_bn``), built with ``pretrained=False`` because fastai would download the
     weights; the body then receives the offline ImageNet weights from thaw's loader and the ImageNet
     normalisation is added as fastai would. Data: ``ImageDataLoaders.from_folder`` with ``Resize(size)`` and
-    ``aug_transforms()``, fastai's default batch size 64.
+    ``aug_transforms(do_flip=flip)`` (fastai's default flips; a user turns that off for digits), fastai's default
+    batch size 64.
 
     ``fine_tune`` is run as its two documented steps (freeze + one-cycle epoch at slice(2e-3), pct_start 0.99;
     unfreeze + one-cycle over ``epochs`` at slice(1e-5, 1e-3), pct_start 0.3, div 5), because the number of
@@ -394,7 +582,8 @@ def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 
     task_dir = Path(task_dir)
     t0 = time.perf_counter()
     seed_everything(seed)
-    pretrained, mean, std = load_pretrained()
+    n_classes = num_classes_of(task_dir)
+    pretrained, mean, std = load_pretrained(n_classes)
     # fastai drops the last partial training batch; tiny smoke-test tasks have fewer than 64 images.
     batch_size = min(64, len(get_image_files(task_dir / "train")))
     dls = ImageDataLoaders.from_folder(
@@ -402,12 +591,12 @@ def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 
         train="train",
         valid="val",
         item_tfms=Resize(size),
-        batch_tfms=[*aug_transforms(), Normalize.from_stats(list(mean), list(std))],
+        batch_tfms=[*aug_transforms(do_flip=flip), Normalize.from_stats(list(mean), list(std))],
         bs=batch_size,
         num_workers=0,
         seed=seed,
     )
-    learn = vision_learner(dls, MODEL_NAME, pretrained=False, normalize=False, n_out=NUM_CLASSES, metrics=accuracy)
+    learn = vision_learner(dls, MODEL_NAME, pretrained=False, normalize=False, n_out=n_classes, metrics=accuracy)
     body = learn.model[0].model
     state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("classifier.")}
     missing, unexpected = body.load_state_dict(state, strict=False)
@@ -422,6 +611,7 @@ def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 
         def __init__(self) -> None:
             self.train_seconds = 0.0
             self.train_images = 0
+            self.steps = 0
             self.last_train = self.last_valid = 0.0
             self.best_val, self.best_state, self.epochs = -1.0, None, 0
             self.stopped_early = False
@@ -433,6 +623,7 @@ def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 
         def after_batch(self) -> None:
             if self.training:
                 self.train_images += len(self.yb[0])
+                self.steps += 1
 
         def after_train(self) -> None:
             self.last_train = time.perf_counter() - self._t
@@ -498,7 +689,7 @@ def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 
 
     notes = (
         f"fastai {fastai.__version__} itself (vision_learner + fine_tune steps, base_lr 2e-3, bs {batch_size}, "
-        f"aug_transforms); offline Lite0 weights via thaw loader; {epochs} unfrozen epochs planned"
+        f"aug_transforms do_flip={flip}); offline Lite0 weights via thaw loader; {epochs} unfrozen epochs planned"
     )
     if timer.stopped_early:
         notes += "; stopped at the budget (one-cycle not finished)"
@@ -510,9 +701,11 @@ def fastai_fine_tune(task_dir: Path, budget: float, size: int = 96, seed: int = 
         test_acc_last=test_last,
         best_val_acc=float(timer.best_val),
         epochs=timer.epochs,
+        steps=timer.steps,
         wall_seconds=wall,
         train_images_per_second=timer.train_images / timer.train_seconds,
         notes=notes,
+        flip=flip,
         image_size=size,
         budget_seconds=budget,
     )
@@ -546,7 +739,7 @@ def thaw_strategy(strategy: str) -> Callable[..., Result]:
     one. ``epochs`` is only a cap: the cosine schedule is shortened to what the measured epoch time fits.
     """
 
-    def run(task_dir: Path, budget: float, size: int = 96, seed: int = 0) -> Result:
+    def run(task_dir: Path, budget: float, size: int = 96, seed: int = 0, flip: bool = True) -> Result:
         start = time.perf_counter()
         out = Path("bench/out/runs") / f"{task_dir.parent.name}-{task_dir.name}-{strategy}"
         res = thaw_fit(task_dir, strategy, budget, size, seed, out)
@@ -560,7 +753,9 @@ def thaw_strategy(strategy: str) -> Callable[..., Result]:
             "test_acc_last": None,
             "best_val_acc": res.best_val_accuracy,
             "epochs": s["epochs"],
+            "steps": s.get("steps"),
             "wall_seconds": time.perf_counter() - start,
+            "budget_share": (time.perf_counter() - start) / budget,
             "train_images_per_second": s["train_images_per_second"],
             "notes": f"thaw {strategy}: {phases}; run dir {out}",
         }
@@ -570,6 +765,7 @@ def thaw_strategy(strategy: str) -> Callable[..., Result]:
 
 METHODS: dict[str, Callable[..., Result]] = {
     "linear_probe": linear_probe,
+    "tutorial": tutorial,
     "plain_finetune": plain_finetune,
     "scratch": scratch,
     "fastai_fine_tune": fastai_fine_tune,
@@ -583,14 +779,14 @@ def _fmt(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
-    from bench.fashion import TASKS, materialize
+    from bench.tasks import TASKS, materialize
 
-    parser = argparse.ArgumentParser(description="Run baseline recipes on a Fashion-MNIST benchmark task.")
+    parser = argparse.ArgumentParser(description="Run baseline recipes on one benchmark task (bench/tasks.py).")
     parser.add_argument("--task", choices=sorted(TASKS), default="fashion100")
     parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated from {', '.join(METHODS)}")
     parser.add_argument("--budget", type=float, default=180.0, help="seconds of training+validation per run")
-    parser.add_argument("--size", type=int, default=96, help="input resolution in pixels")
+    parser.add_argument("--size", type=int, default=None, help="input resolution in pixels (default: the task's)")
     parser.add_argument("--root", type=Path, default=Path("bench/data"), help="where task folders are written")
     parser.add_argument("--out", type=Path, default=Path("bench/out/results.jsonl"))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -604,11 +800,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.baselines " + " ".join(sys.argv[1:] if argv is None else argv)
+    task = TASKS[args.task]
+    size = args.size or task.img_size
     for seed in [int(s) for s in args.seeds.split(",")]:
         task_dir = materialize(args.task, seed, args.root)
         for method in methods:
-            log(f"{method} on {args.task} seed {seed}, budget {args.budget:.0f}s, {args.size}px")
-            res = METHODS[method](task_dir, args.budget, size=args.size, seed=seed)
+            log(f"{method} on {args.task} seed {seed}, budget {args.budget:.0f}s, {size}px")
+            res = METHODS[method](task_dir, args.budget, size=size, seed=seed, flip=task.flip)
             res.update(machine=machine_info(), command=command, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
             with args.out.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(res) + "\n")

@@ -29,10 +29,10 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def measure(task_dir: Path, runs: list[int], strategy: str, budget: float, size: int, out: Path) -> dict[str, Any]:
-    from thaw.api import _infer, _load_for_inference
+    from thaw.inference import infer_probs, load_for_inference
     from thaw.data.cache import decode_all
     from thaw.data.sources import scan
-    from thaw.train.runner import _average
+    from thaw.train.selection import average_states
 
     dirs = []
     for run in runs:
@@ -42,18 +42,18 @@ def measure(task_dir: Path, runs: list[int], strategy: str, budget: float, size:
         seconds = time.perf_counter() - start
         log(f"run {run}: test {res.test_accuracy:.4f} val {res.best_val_accuracy:.4f} {seconds:.0f}s")
         dirs.append(run_dir)
-    loaded = [_load_for_inference(d) for d in dirs]
+    loaded = [load_for_inference(d) for d in dirs]
     labels, pre = loaded[0][1], loaded[0][2]
     splits = {s: decode_all(scan(str(task_dir / s), labels).samples, pre) for s in ("val", "test")}
     ys = {s: d.labels.numpy() for s, d in splits.items()}
-    probs = {s: [_infer(m, d, pre) for m, _, _ in loaded] for s, d in splits.items()}
+    probs = {s: [infer_probs(m, d, pre) for m, _, _ in loaded] for s, d in splits.items()}
     soup = loaded[0][0]
     # the same average that Runner.weight_soup adopts
-    soup.load_state_dict(_average([m.state_dict() for m, _, _ in loaded]))
+    soup.load_state_dict(average_states([m.state_dict() for m, _, _ in loaded]))
     result: dict[str, Any] = {"task": task_dir.parent.name, "seed": task_dir.name, "strategy": strategy, "runs": runs}
     for s in ("val", "test"):
         result[f"single_{s}"] = [_accuracy(p, ys[s]) for p in probs[s]]
-        result[f"soup_{s}"] = _accuracy(_infer(soup, splits[s], pre), ys[s])
+        result[f"soup_{s}"] = _accuracy(infer_probs(soup, splits[s], pre), ys[s])
         result[f"ensemble_{s}"] = _accuracy(np.mean(probs[s], axis=0), ys[s])
     return result
 

@@ -176,6 +176,7 @@ class ThawPath:
         from thaw.models.groups import layer_groups
         from thaw.strategy.base import PlanContext
         from thaw.strategy.fixed import plan_fixed
+        from thaw.train.optim import build_optimizer, steps_per_epoch
         from thaw.train.runner import Runner
 
         pre = Preprocess.from_data_config(data_config, size)
@@ -198,10 +199,10 @@ class ThawPath:
         )
         self.bn_policy = self.runner.config.bn if self.phase.bn_policy == "auto" else self.phase.bn_policy
         self.runner.apply_phase(self.phase)
-        n = len(self.data)
         # as Runner.run_phase: the optimizer over exactly the trainable groups, the per-step schedule
-        steps_per_epoch = max(1, n // batch + (1 if n % batch > 1 or n < batch else 0))
-        self.opt, self.sched, _ = self.runner.build_optimizer(self.phase, steps_per_epoch)
+        spe = steps_per_epoch(len(self.data), batch)
+        groups_opt = self.runner.optimizer_groups(self.phase)
+        self.opt, self.sched, _ = build_optimizer(self.runner.config, self.phase, groups_opt, spe * 1000, spe)
         params = dict(model.named_parameters())
         self.grad_groups = {gi: [params[p] for p in groups[gi].param_names] for gi in self.phase.trainable}
         self.batch = batch
@@ -210,9 +211,9 @@ class ThawPath:
     def _epochs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         runner = self.runner
         while True:  # Runner.run_phase's epoch loop, without validation and checkpoints
-            torch.manual_seed(runner._epoch_seed())
-            order = runner._epoch_order(len(self.data), shard=False)
-            yield from runner._train_batches(self.phase.augment, order)
+            torch.manual_seed(runner.epoch_seed())
+            order = runner.epoch_order(len(self.data), shard=False)
+            yield from runner.feed.train_batches(self.phase.augment, order)
             runner.global_epoch += 1
 
     def train(self, steps: int) -> int:
@@ -243,7 +244,7 @@ class ThawPath:
             self.data.images[:n],
             self.data.labels[:n],
             self.batch,
-            transform=self.runner._normalize,
+            transform=self.runner.feed.normalize,
             device=self.runner.device,
         )
         stats, _ = evaluate(self.runner.model, batches, amp_dtype=self.runner.amp_dtype, device=self.runner.device)
@@ -471,7 +472,7 @@ def eval_pass(spec: dict[str, Any]) -> Result:
 
     def one_pass() -> float:
         start = time.perf_counter()
-        # batches of 2 x batch_size (128 by default); the runner's CPU eval batch is 32 (Runner._eval_batch_size),
+        # batches of 2 x batch_size (128 by default); the runner's CPU eval batch is 32 (Feed.eval_batch_size),
         # measured as fast, so this pass is the same work at the same speed
         for data in splits:
             evaluate(

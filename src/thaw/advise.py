@@ -6,7 +6,8 @@ One call reads top to bottom:
 scan(train) -> dataset facts (counts, imbalance, native size, skipped) -> stratified subsample
   -> per model: load -> decode (once per distinct preprocessing) -> stage features (one forward pass)
      -> LogME per stage, k-NN per stage, linear probe on the final features, timed training steps
-  -> recommend(facts, rows): model, strategy, epochs and lr, each with the numbers it came from
+  -> recommend(facts, rows): a plan per model, the ranking, and the chosen plan: model, strategy, epochs and lr,
+     each with the numbers it came from
 ```
 
 Resolution: when the source images are smaller than 96 px (median shorter side) and no ``img_size`` is given,
@@ -16,8 +17,13 @@ command carries the same ``--img-size``.
 
 Decision rules (``recommend``) use only the measured numbers, with thresholds stated as constants below:
 
-* **Model**: the highest cross-validated linear-probe accuracy on the final features; candidates within
-  ``MODEL_TIE`` of the best are ranked by LogME (more stable on small sets), then by speed.
+* **Model**: each candidate gets its own plan (the rules below), then the candidates are ranked. First by
+  cross-validated linear-probe accuracy on the final features; those within noise of the best (one standard error
+  of the difference of two accuracies on the measured images, at least ``MODEL_TIE``) by LogME, which is more stable
+  on small sets; those whose LogME is also within noise of the best (one delete-a-fold jackknife standard error of
+  the paired difference) by the measured seconds per epoch of their plan at the measured resolution: when the
+  measurements cannot tell candidates apart, the cheaper one wins. The choice states its numbers and its expected
+  cost (seconds per epoch, estimated training time).
 * **Distance from the pretraining distribution** (of the chosen model): when globally pooled features of an early
   stage classify almost as well (k-NN) as the final features, or a middle stage has a higher LogME than the final
   features, the late layers are specialised to the pretraining data and this data is "far": thaw deeper.
@@ -33,7 +39,6 @@ Decision rules (``recommend``) use only the measured numbers, with thresholds st
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -47,10 +52,12 @@ import torch
 
 from thaw.data.cache import DecodedImages, decode_all
 from thaw.data.sources import scan
+from thaw.data.split import subsample_per_class
 from thaw.data.transforms import Preprocess, normalize
 from thaw.data.types import Sample
 from thaw.errors import DataError, ModelError, ThawError
-from thaw.jsonio import json_safe
+from thaw.jsonio import json_safe, write_json
+from thaw.models.builtin import BUILTIN_MODELS
 from thaw.models.groups import LayerGroup, layer_groups
 from thaw.models.load import load_model
 from thaw.strategy.signals import logme, probe_score, stage_features
@@ -76,8 +83,12 @@ SMALL_IMAGE_SIZE = 96
 SIZE_SAMPLE = 200
 #: Images per timed training step (small: the timing is scaled per image, and CPU time is scarce here).
 STEP_BATCH = 16
-#: Linear-probe accuracies within this of the best count as a tie between models (then LogME decides).
+#: Linear-probe accuracies within this of the best count as a tie between models (then LogME decides), even when
+#: their standard error is smaller.
 MODEL_TIE = 0.01
+#: Among models tied on probe and LogME, epoch costs within this fraction of the cheapest count as equal (timing a
+#: few steps on a shared machine varies by about this much); LogME orders them.
+COST_TIE = 0.1
 #: Images per class (median) below which only the head is trained, and below which only 2 groups are thawed.
 TINY_PER_CLASS = 10
 SMALL_PER_CLASS = 100
@@ -123,6 +134,9 @@ class ModelRow:
         groups: layer-group names, input to output (the last is "head").
         feature_dim: size of the final (pre-logits) features.
         logme: LogME of the final features.
+        logme_folds: LogME of the final features with each cross-validation fold left out (the folds of the
+            probes), for a jackknife estimate of the noise of LogME differences between models.
+        images: images the model was measured on.
         knn_accuracy: cross-validated 5-NN (cosine) accuracy on the final features.
         linear_accuracy: cross-validated logistic-regression accuracy on the final features.
         images_per_second: forward (inference) throughput measured during the feature pass.
@@ -143,6 +157,8 @@ class ModelRow:
     groups: list[str] = field(default_factory=list)
     feature_dim: int = 0
     logme: float = math.nan
+    logme_folds: list[float] = field(default_factory=list)
+    images: int = 0
     knn_accuracy: float = math.nan
     linear_accuracy: float = math.nan
     images_per_second: float = math.nan
@@ -212,6 +228,9 @@ class Plan:
         estimated_seconds: estimated training time of the plan.
         distance: the distance-from-pretraining measurements and verdict (``near``, ``moderate``, ``far``, or
             ``unknown``).
+        epoch_seconds: measured (or interpolated) seconds per training epoch of the plan's strategy.
+        ranking: every measured candidate, best first: ``rank``, ``model``, ``linear_accuracy``, ``logme``,
+            ``strategy`` (of that model's own plan), ``img_size``, ``epoch_seconds``, ``estimated_seconds``.
     """
 
     model: str
@@ -221,6 +240,8 @@ class Plan:
     decisions: list[Decision]
     estimated_seconds: float | None
     distance: dict[str, Any]
+    epoch_seconds: float | None = None
+    ranking: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -248,8 +269,7 @@ class AdviseResult:
         """Write ``to_dict()`` as JSON (``advise.json``); returns the path."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return target
+        return write_json(target, self.to_dict())
 
     def format_table(self) -> str:
         """Readable terminal tables: dataset, candidate models, stages of the chosen model, plan with reasons."""
@@ -258,6 +278,7 @@ class AdviseResult:
             for part in (
                 _format_dataset(self.dataset),
                 _format_models(self.models),
+                _format_ranking(self.plan),
                 _format_stages(self.models, self.plan),
                 _format_plan(self.plan),
             )
@@ -269,7 +290,7 @@ class AdviseResult:
 def advise(
     train: str,
     *,
-    models: Sequence[str] = ("efficientnet_lite0",),
+    models: Sequence[str] | None = None,
     weights: Mapping[str, str] | None = None,
     img_size: int | None = None,
     max_images: int = 2000,
@@ -283,6 +304,7 @@ def advise(
         train: training data (a folder of class subfolders or a CSV manifest).
         models: candidate model names (timm names, ``hf-hub:...``, or built-in offline models). A model that
             cannot be loaded (e.g. hub weights offline) gets a row with its error; the others still run.
+            None: every built-in offline model (``efficientnet_lite0``, ``_lite1``, ``_lite2``).
         weights: model name -> weights file or timm model folder, for models not loadable by name.
         img_size: resolution to measure at; default: the model's own, or 96 px for images smaller than 96 px.
         max_images: measure on a stratified subsample of at most about this many images.
@@ -299,14 +321,18 @@ def advise(
         ConfigError: bad options.
 
     Example:
-        >>> result = advise("data/train", models=["efficientnet_lite0"])
+        >>> result = advise("data/train", models=["efficientnet_lite0", "efficientnet_lite1"])
         >>> print(result.format_table())
         >>> result.write_json("advise.json")
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
+    if models is None:
+        # The built-in models need no network and span a speed/accuracy range, and the backbone is the choice that
+        # moves accuracy most; all three measure in well under a minute on the embedded sample (docs/benchmarks.md).
+        models = sorted(BUILTIN_MODELS)
     if not models:
-        raise ModelError("advise needs at least one candidate model: pass --models efficientnet_lite0")
+        raise ModelError(f"advise needs at least one candidate model: pass --models {','.join(sorted(BUILTIN_MODELS))}")
     if max_images < 2:
         raise DataError(f"max_images must be at least 2, got {max_images}")
     weights = dict(weights or {})
@@ -319,7 +345,11 @@ def advise(
     if img_size is None and native is not None and min(native) < SMALL_IMAGE_SIZE:
         img_size = SMALL_IMAGE_SIZE
         logger.info("images are %dx%d px: measuring at %d px", native[0], native[1], img_size)
-    chosen = _stratified_subsample(labels_all, max_images, seed)
+    chosen = (
+        subsample_per_class(labels_all.tolist(), max_images / len(labels_all), seed)
+        if len(labels_all) > max_images
+        else list(range(len(labels_all)))
+    )
     samples = [scanned.samples[i] for i in chosen]
     facts = DatasetFacts(
         train=str(train),
@@ -385,20 +415,6 @@ def _native_size(samples: Sequence[Sample], seed: int) -> tuple[int, int] | None
     return int(np.median([w for w, _ in sizes])), int(np.median([h for _, h in sizes]))
 
 
-def _stratified_subsample(labels: np.ndarray, max_images: int, seed: int) -> list[int]:
-    """Indices of about ``max_images`` images keeping class proportions (at least one per class), sorted."""
-    if len(labels) <= max_images:
-        return list(range(len(labels)))
-    rng = np.random.default_rng(seed)
-    share = max_images / len(labels)
-    keep: list[int] = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        quota = max(1, int(round(len(members) * share)))
-        keep.extend(int(i) for i in rng.permutation(members)[:quota])
-    return sorted(keep)
-
-
 def _measure_model(
     name: str,
     weights: str | None,
@@ -454,6 +470,8 @@ def _measure_model(
     probes = probe_score(final, labels, seed=seed)
     row.feature_dim = int(final.shape[1])
     row.logme = row.stages[-1].logme
+    row.logme_folds = _logme_folds(final, labels, seed)
+    row.images = len(data)
     row.knn_accuracy = float(probes["knn_accuracy"])
     row.linear_accuracy = float(probes["linear_accuracy"])
 
@@ -462,10 +480,9 @@ def _measure_model(
     x = normalize(batch, preprocess.mean, preprocess.std)
     y = data.labels[: len(batch)]
     k = min(2, len(groups) - 1)
-    row.step_seconds = {
-        "last-k": _time_step(model, groups, range(len(groups) - 1 - k, len(groups)), x, y),
-        "full": _time_step(model, groups, range(len(groups)), x, y),
-    }
+    row.step_seconds = _time_steps(
+        model, groups, {"last-k": range(len(groups) - 1 - k, len(groups)), "full": range(len(groups))}, x, y
+    )
     forward = facts.num_images / row.images_per_second
     full = facts.num_images * row.step_seconds["full"] / len(batch)
     # Thawing fewer groups never costs more than thawing all (or less than a forward pass): clamp timing noise.
@@ -475,65 +492,193 @@ def _measure_model(
     return row
 
 
-def _time_step(
+def _logme_folds(features: np.ndarray, labels: np.ndarray, seed: int) -> list[float]:
+    """LogME with each fold of the probes' stratified 5-fold split left out (empty when a class has < 2 images).
+
+    The folds depend only on the labels and the seed, so every model measured on the same images gets the same
+    ones, and LogME differences between models can be paired fold by fold (``_logme_noise``).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels)
+    folds = min(5, int(counts[counts > 0].min())) if counts.any() else 0
+    if folds < 2 or np.count_nonzero(counts) < 2:
+        return []
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [logme(features[kept], labels[kept]) for kept, _ in split.split(features, labels)]
+
+
+def _time_steps(
     model: torch.nn.Module,
     groups: Sequence[LayerGroup],
-    trainable: Sequence[int] | range,
+    strategies: Mapping[str, Sequence[int] | range],
     x: torch.Tensor,
     y: torch.Tensor,
-) -> float:
-    """Seconds of one training step (forward, backward, AdamW update) with ``trainable`` groups.
+) -> dict[str, float]:
+    """Seconds of one training step (forward, backward, AdamW update) for each set of trainable groups.
 
-    One untimed warm-up step (allocation, kernel selection), then the fastest of two timed steps: the minimum is the
-    most stable estimate on a machine shared with other work.
+    One untimed warm-up step with every group trainable (allocation, kernel selection for the whole backward pass),
+    then two timed steps per strategy, interleaved, keeping the fastest: the minimum is the most stable estimate on
+    a machine shared with other work, and interleaving spreads a burst of other work over all strategies.
 
     The model's weights change; ``advise`` measures features before timing and discards the model afterwards.
     """
-    wanted = {p for g in trainable for p in groups[g].param_names}
-    params = []
-    for pname, p in model.named_parameters():
-        p.requires_grad_(pname in wanted)
-        if pname in wanted:
-            params.append(p)
-    model.train()
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    timings: list[float] = []
-    for _ in range(3):
+    everything = range(len(groups))
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def step(name: str, trainable: Sequence[int] | range) -> float:
+        wanted = {p for g in trainable for p in groups[g].param_names}
+        params = []
+        for pname, p in model.named_parameters():
+            p.requires_grad_(pname in wanted)
+            if pname in wanted:
+                params.append(p)
+        if name not in optimizers:
+            optimizers[name] = torch.optim.AdamW(params, lr=1e-5)
+        optimizer = optimizers[name]
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-        timings.append(time.perf_counter() - t0)
-    optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        optimizer.zero_grad(set_to_none=True)
+        return seconds
+
+    model.train()
+    step("warm-up", everything)
+    timings: dict[str, list[float]] = {name: [] for name in strategies}
+    for _ in range(2):
+        for name, trainable in strategies.items():
+            timings[name].append(step(name, trainable))
     model.eval()
-    return min(timings[1:])
+    return {name: min(values) for name, values in timings.items()}
 
 
 # ------------------------------------------------------------------------------------------------- decisions
-def _choose_model(rows: Sequence[ModelRow]) -> tuple[ModelRow, str]:
-    usable = [r for r in rows if r.ok]
-    if not usable:
-        raise ModelError("no candidate model could be measured: " + "; ".join(f"{r.name}: {r.error}" for r in rows))
-    if len(usable) == 1:
-        r = usable[0]
-        return r, f"the only candidate measured (linear probe {_pct(r.linear_accuracy)}, LogME {r.logme:.3f})"
+def _accuracy_noise(a: float, b: float, images: int) -> float:
+    """Standard error of the difference of two accuracies measured on ``images`` images.
 
-    def acc(r: ModelRow) -> float:
-        return r.linear_accuracy if math.isfinite(r.linear_accuracy) else -math.inf
+    Binomial and unpaired: the two probes classify the same images, so the paired error is smaller and this errs
+    toward calling candidates tied (then LogME and cost decide, which are measured too).
+    """
+    if images <= 0 or not (math.isfinite(a) and math.isfinite(b)):
+        return 0.0
+    return math.sqrt((a * (1 - a) + b * (1 - b)) / images)
 
-    top = max(acc(r) for r in usable)
-    tied = [r for r in usable if acc(r) >= top - MODEL_TIE] if math.isfinite(top) else usable
-    best = max(tied, key=lambda r: (r.logme if math.isfinite(r.logme) else -math.inf, r.images_per_second))
-    others = ", ".join(f"{r.name} {_pct(r.linear_accuracy)}" for r in usable if r is not best)
-    if len(tied) > 1:
+
+def _logme_noise(a: ModelRow, b: ModelRow) -> float:
+    """Delete-a-fold jackknife standard error of LogME(a) - LogME(b), paired over the shared folds.
+
+    0.0 when the rows cannot be paired (no fold values, or measured on different images): any difference decides.
+    """
+    if a is b or len(a.logme_folds) < 2 or len(a.logme_folds) != len(b.logme_folds) or a.images != b.images:
+        return 0.0
+    d = np.asarray(a.logme_folds) - np.asarray(b.logme_folds)
+    g = len(d)
+    return float(np.sqrt((g - 1) / g * np.sum((d - d.mean()) ** 2)))
+
+
+def _strategy_label(plan: Plan) -> str:
+    return f"last-k --k {plan.options['k']}" if plan.strategy == "last-k" else plan.strategy
+
+
+def _cost_text(row: ModelRow, plan: Plan) -> str:
+    return f"{_seconds(plan.epoch_seconds)} per epoch of {_strategy_label(plan)} at {row.img_size} px"
+
+
+def _rank(facts: DatasetFacts, rows: Sequence[ModelRow], plans: Sequence[Plan]) -> tuple[list[int], list[str], str]:
+    """Rank measured candidates, best first; each with its own plan (``plans[i]`` belongs to ``rows[i]``).
+
+    Linear-probe accuracy first; the candidates within noise of the best (``_accuracy_noise``, at least
+    ``MODEL_TIE``) by LogME; those whose LogME is also within noise of the best of them (``_logme_noise``) by the
+    seconds per epoch of their plan: when the measurements cannot tell models apart, the cheaper one wins (costs
+    within ``COST_TIE`` of the cheapest count as equal, and LogME orders them).
+
+    Returns:
+        Row indices best first, what placed each of them (``"cost"``, ``"logme"``, ``"probe"``, aligned with the
+        indices), and the reason for the first.
+    """
+
+    def acc(i: int) -> float:
+        v = rows[i].linear_accuracy
+        return v if math.isfinite(v) else -math.inf
+
+    def lme(i: int) -> float:
+        v = rows[i].logme
+        return v if math.isfinite(v) else -math.inf
+
+    def cost(i: int) -> float:
+        v = plans[i].epoch_seconds
+        return v if v is not None and math.isfinite(v) else math.inf
+
+    everyone = list(range(len(rows)))
+    if len(rows) == 1:
+        r = rows[0]
+        return (
+            [0],
+            ["probe"],
+            f"the only candidate measured (linear probe {_pct(r.linear_accuracy)}, LogME {r.logme:.3f})",
+        )
+    top = max(everyone, key=acc)
+    images = rows[top].images or facts.measured_images
+    if math.isfinite(acc(top)):
+        tied = [
+            i
+            for i in everyone
+            if math.isfinite(acc(i)) and acc(top) - acc(i) <= max(MODEL_TIE, _accuracy_noise(acc(top), acc(i), images))
+        ]
+    else:
+        tied = everyone
+    lead = max(tied, key=lme)
+    close = [lead] + [i for i in tied if i != lead and lme(lead) - lme(i) <= _logme_noise(rows[lead], rows[i])]
+    cheapest = min(cost(i) for i in close)
+    first = sorted(close, key=lambda i: (cost(i) if cost(i) > (1 + COST_TIE) * cheapest else cheapest, -lme(i)))
+    second = sorted((i for i in tied if i not in close), key=lambda i: -lme(i))
+    third = sorted((i for i in everyone if i not in tied), key=lambda i: -acc(i))
+    order = first + second + third
+    basis = ["cost" if len(close) > 1 else "logme"] * len(first) + ["logme"] * len(second) + ["probe"] * len(third)
+    if len(tied) == 1:
+        basis[0] = "probe"
+
+    best = order[0]
+    row = rows[best]
+    others = [i for i in order if i != best]
+    runner_up = others[0]
+    acc_se = _accuracy_noise(acc(best), acc(runner_up), images)
+    noise = f"one standard error of a difference is ~{acc_se * 100:.1f} points on {images} images"
+    if len(tied) == 1:
+        listed = ", ".join(f"{rows[i].name} {_pct(rows[i].linear_accuracy)}" for i in others)
+        why = f"highest linear-probe accuracy {_pct(row.linear_accuracy)}, beyond noise ({listed}; {noise})"
+    elif len(close) == 1:
+        listed = ", ".join(f"{rows[i].name} {_pct(rows[i].linear_accuracy)}" for i in tied if i != best)
+        lm_se = max(_logme_noise(row, rows[i]) for i in tied if i != best)
+        lm_listed = ", ".join(f"{rows[i].name} {rows[i].logme:.3f}" for i in tied if i != best)
         why = (
-            f"linear probe {_pct(best.linear_accuracy)} is within {MODEL_TIE * 100:.0f} points of the best and its "
-            f"LogME {best.logme:.3f} is the highest of those (others: {others})"
+            f"linear probe {_pct(row.linear_accuracy)} is within noise of {listed} ({noise}); its LogME "
+            f"{row.logme:.3f} is the highest beyond noise ({lm_listed}; jackknife standard error {lm_se:.3f})"
         )
     else:
-        why = f"highest linear-probe accuracy {_pct(best.linear_accuracy)} (others: {others})"
-    return best, why
+        listed = ", ".join(
+            f"{rows[i].name} {_pct(rows[i].linear_accuracy)} / {rows[i].logme:.3f}" for i in order if i in close
+        )
+        costs = ", ".join(
+            f"{rows[i].name} {_seconds(plans[i].epoch_seconds)}" for i in order if i in close and i != best
+        )
+        if all(cost(best) * (1 + COST_TIE) < cost(i) for i in close if i != best):
+            verdict = "the cheapest to train"
+        else:
+            verdict = f"of those that cost the least (within {COST_TIE:.0%}), the highest LogME"
+        why = (
+            f"linear probe and LogME are within noise across {listed} ({noise}): {verdict}, "
+            f"{_cost_text(row, plans[best])} (others: {costs})"
+        )
+    outside = [i for i in order if i not in close]
+    if outside and len(tied) > 1:
+        why += "; behind: " + ", ".join(
+            f"{rows[i].name} {_pct(rows[i].linear_accuracy)} / LogME {rows[i].logme:.3f}" for i in outside
+        )
+    return order, basis, why
 
 
 def _distance(row: ModelRow) -> dict[str, Any]:
@@ -618,7 +763,9 @@ def _strategy_for(depth: int, backbone: int, far: bool, per_class: float) -> str
 def recommend(facts: DatasetFacts, model_rows: Sequence[ModelRow], *, time_budget: float | None = None) -> Plan:
     """Turn measurements into a plan: model, strategy and depth, epochs, learning rate, each with its reason.
 
-    A pure function of its inputs (see the module docstring for the rules), so it can be tested on made-up numbers.
+    Every measured model gets its own plan; the models are ranked (``_rank``) and the first one's plan is returned,
+    with the ranking. A pure function of its inputs (see the module docstring for the rules), so it can be tested on
+    made-up numbers.
 
     Args:
         facts: the dataset facts.
@@ -626,15 +773,42 @@ def recommend(facts: DatasetFacts, model_rows: Sequence[ModelRow], *, time_budge
         time_budget: training budget in seconds (None: no limit).
 
     Returns:
-        The plan.
+        The plan of the chosen model; ``plan.ranking`` lists every measured model, best first.
 
     Raises:
         ModelError: no row was measured successfully.
     """
-    decisions: list[Decision] = []
-    row, why = _choose_model(model_rows)
-    decisions.append(Decision("model", row.name, why))
+    usable = [r for r in model_rows if r.ok]
+    if not usable:
+        raise ModelError(
+            "no candidate model could be measured: " + "; ".join(f"{r.name}: {r.error}" for r in model_rows)
+        )
+    plans = [_plan_for(facts, r, time_budget) for r in usable]
+    order, basis, why = _rank(facts, usable, plans)
+    chosen = plans[order[0]]
+    row = usable[order[0]]
+    why += f"; expected cost {_cost_text(row, chosen)}, {_seconds(chosen.estimated_seconds)} for the plan"
+    chosen.decisions.insert(0, Decision("model", row.name, why))
+    chosen.ranking = [
+        {
+            "rank": rank,
+            "model": usable[i].name,
+            "linear_accuracy": usable[i].linear_accuracy,
+            "logme": usable[i].logme,
+            "strategy": _strategy_label(plans[i]),
+            "img_size": usable[i].img_size,
+            "epoch_seconds": plans[i].epoch_seconds,
+            "estimated_seconds": plans[i].estimated_seconds,
+            "ranked_by": by,
+        }
+        for rank, (i, by) in enumerate(zip(order, basis, strict=True), start=1)
+    ]
+    return chosen
 
+
+def _plan_for(facts: DatasetFacts, row: ModelRow, time_budget: float | None) -> Plan:
+    """The plan for one measured model (decisions from "strategy" on; ``recommend`` adds the model choice)."""
+    decisions: list[Decision] = []
     backbone = max(len(row.groups) - 1, 1)
     per_class = float(facts.images_per_class.get("median", 0))
     distance = _distance(row)
@@ -747,6 +921,7 @@ def recommend(facts: DatasetFacts, model_rows: Sequence[ModelRow], *, time_budge
         decisions=decisions,
         estimated_seconds=estimated,
         distance=distance,
+        epoch_seconds=epoch_s if math.isfinite(epoch_s) else None,
     )
 
 
@@ -840,6 +1015,28 @@ def _format_models(rows: Sequence[ModelRow]) -> str:
     if errors:
         text += "\n  not measured:\n" + "\n".join(errors)
     return text
+
+
+def _format_ranking(plan: Plan) -> str:
+    if len(plan.ranking) < 2:
+        return ""
+    headers = ["rank", "model", "linear", "LogME", "its plan", "size", "s/epoch", "est. time", "ranked by"]
+    body = [
+        [
+            str(e["rank"]),
+            str(e["model"]),
+            _pct(e["linear_accuracy"]),
+            _num(e["logme"]),
+            str(e["strategy"]),
+            str(e["img_size"]),
+            _seconds(e["epoch_seconds"]),
+            _seconds(e["estimated_seconds"]),
+            str(e["ranked_by"]),
+        ]
+        for e in plan.ranking
+    ]
+    text = "Ranking (linear probe; within noise, LogME; within noise again, seconds per epoch of each model's plan)\n"
+    return text + _table(headers, body, [True, False, True, True, False, True, True, True, False])
 
 
 def _format_stages(rows: Sequence[ModelRow], plan: Plan) -> str:

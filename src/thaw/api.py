@@ -9,12 +9,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from thaw.config import FitConfig
@@ -22,19 +21,33 @@ from thaw.data.audit import build_audit, format_audit
 from thaw.data.cache import DecodedImages, decode_all
 from thaw.data.sources import scan
 from thaw.data.split import stratified_split
-from thaw.data.transforms import Preprocess, normalize
-from thaw.data.types import IMAGE_EXTENSIONS, Sample, ScanResult, Skipped
+from thaw.data.transforms import Preprocess
+from thaw.data.types import ScanResult, Skipped
 from thaw.errors import CheckpointError, ConfigError, DataError
-from thaw.export import export_timm_dir, load_timm_dir
+from thaw.export import export_timm_dir
+from thaw.inference import EvalResult, Prediction, Run, evaluate, load_run, predict
 from thaw.jsonio import json_safe, write_json
-from thaw.models.groups import layer_groups
-from thaw.models.load import load_model
-from thaw.strategy.base import PhaseResult, PlanContext
+from thaw.models.groups import LayerGroup, layer_groups
+from thaw.models.load import LoadedModel, load_model
+from thaw.rundir import RunDir
+from thaw.strategy.base import (
+    AverageResult,
+    Candidates,
+    Phase,
+    PhaseResult,
+    PlanContext,
+    Refit,
+    Step,
+    StepResult,
+    Strategy,
+    phase_results,
+)
 from thaw.strategy.registry import make_strategy
 from thaw.train import checkpoint as ckpt
 from thaw.train import dist
-from thaw.train.loop import tensor_batches
-from thaw.train.runner import EpochState, Runner, phase_result_from_dict, resolve_device
+from thaw.train.budget import Budget
+from thaw.train.runner import EpochState, Runner, resolve_device
+from thaw.train.state import epoch_state_from_dict, history_from_dicts, phase_from_dict
 
 __all__ = ["fit", "evaluate", "predict", "load_run", "FitResult", "EvalResult", "Prediction", "Run"]
 
@@ -54,36 +67,6 @@ class FitResult:
     test_accuracy: float | None
     linear_probe_test_accuracy: float | None
     summary: dict[str, Any]
-
-
-@dataclass
-class EvalResult:
-    accuracy: float
-    macro_f1: float
-    metrics: dict[str, Any]
-    skipped: list[Skipped]
-    path: Path | None
-
-
-@dataclass
-class Prediction:
-    path: str
-    top: list[tuple[str, float]]
-    """(label, probability), most probable first."""
-
-
-@dataclass
-class Run:
-    """A finished (or interrupted) run directory, read back."""
-
-    run_dir: Path
-    config: FitConfig
-    summary: dict[str, Any]
-    classes: list[str] = field(default_factory=list)
-
-    def load_model(self) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
-        """The fine-tuned model (eval mode), its label names and preprocessing config."""
-        return load_timm_dir(self.run_dir / "model")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -196,16 +179,16 @@ def fit(
         >>> print(r.test_accuracy)  # doctest: +SKIP
     """
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").exists():
-            raise CheckpointError(f"{run_dir} is not a thaw run directory (no config.yaml); check the path")
-        cfg = FitConfig.from_yaml(run_dir / "config.yaml", **options)
-        last = run_dir / "checkpoints" / "last"
+        rd = RunDir(resume)
+        if not rd.has_config():
+            raise CheckpointError(f"{rd.path} is not a thaw run directory (no config.yaml); check the path")
+        cfg = FitConfig.from_yaml(rd.config_yaml, **options)
+        info = dist.init_from_env(resolve_device(cfg.device).type)
+        last = rd.last_checkpoint
         if not (last / "state.json").exists() and not (last.parent / "last.prev" / "state.json").exists():
-            log.warning("%s has no finished epoch to resume from: starting the run again", run_dir)
-            return _fit_interruptible(cfg, run_dir, progress, None, on_step)
-        tensors, state = ckpt.load_checkpoint(last)
-        return _fit_interruptible(cfg, run_dir, progress, (tensors, state), on_step)
+            log.warning("%s has no finished epoch to resume from: starting the run again", rd.path)
+            return _fit_interruptible(cfg, rd.path, info, progress, None, on_step)
+        return _fit_interruptible(cfg, rd.path, info, progress, ckpt.load_checkpoint(last), on_step)
     if config is None:
         if train is None:
             raise ConfigError("fit() needs training data: fit('data/train', ...) or fit(config=FitConfig(...))")
@@ -216,24 +199,28 @@ def fit(
     run_dir = Path(config.out) if config.out else _default_out(config)
     if info.is_main:
         run_dir = _prepare_run_dir(run_dir, overwrite)
-        config = config.replace(out=str(run_dir)).resolved()
-        (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     run_dir = Path(dist.broadcast_string(str(run_dir), info))  # the default name holds rank 0's timestamp
     config = config.replace(out=str(run_dir)).resolved()
-    return _fit_interruptible(config, run_dir, progress, None, on_step)
+    if info.is_main:
+        RunDir(run_dir).config_yaml.write_text(config.to_yaml(), encoding="utf-8")
+    return _fit_interruptible(config, run_dir, info, progress, None, on_step)
+
+
+Checkpoint = tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]
 
 
 def _fit_interruptible(
     cfg: FitConfig,
     run_dir: Path,
+    info: dist.DistInfo,
     progress: Progress | None,
-    resume_from: tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None,
+    resume_from: Checkpoint | None,
     on_step: StepHook | None = None,
 ) -> FitResult:
     try:
-        return _fit(cfg, run_dir, progress, resume_from, on_step)
+        return _fit(cfg, RunDir(run_dir), info, progress, resume_from, on_step)
     except KeyboardInterrupt:
-        if (run_dir / "checkpoints" / "last" / "state.json").exists():
+        if (RunDir(run_dir).last_checkpoint / "state.json").exists():
             log.warning("interrupted: continue this run with `thaw fit --resume %s`", run_dir)
         else:
             log.warning("interrupted before the first epoch finished: nothing to resume in %s", run_dir)
@@ -242,253 +229,91 @@ def _fit_interruptible(
 
 def _fit(
     cfg: FitConfig,
-    run_dir: Path,
+    rd: RunDir,
+    info: dist.DistInfo,
     progress: Progress | None,
-    resume_from: tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None,
+    resume_from: Checkpoint | None,
     on_step: StepHook | None = None,
 ) -> FitResult:
-    started = time.monotonic()
+    """The recipe: data -> model -> steps of the strategy -> evaluate -> export -> summary and report."""
     elapsed_before = float(resume_from[1].get("elapsed_seconds", 0.0)) if resume_from else 0.0
     device = resolve_device(cfg.device)
-    info = dist.init_from_env(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    budget = Budget(cfg.time_budget, elapsed_before=elapsed_before, dist=info, device=device)
     main = info.is_main  # rank 0 alone writes files and prints; other ranks compute
     say: Progress = (progress or log.info) if main else _silent
     torch.manual_seed(cfg.seed)
 
-    # 1. data: scan (cheap listing), then the model (it fixes the preprocessing), then decode once
-    train_scan = scan(cfg.train)
-    classes = train_scan.classes
-    val_scan = scan(cfg.val, classes) if cfg.val else None
-    test_scan = scan(cfg.test, classes) if cfg.test else None
-    for name, sc in (("train", train_scan), ("val", val_scan), ("test", test_scan)):
-        if sc is not None:
-            _strict_check(cfg, sc.skipped, name)
-
+    # 1. data and model: scan (cheap listing), the model (it fixes the preprocessing), decode once, audit
+    scans = _scan(cfg)
     loaded = load_model(
         cfg.model,
-        len(classes),
+        len(scans.classes),
         weights=cfg.weights,
         random_init=cfg.random_init,
         pretrained=True if cfg.pretrained else None,
         img_size=cfg.img_size,
     )
-    model = loaded.model
     pre = Preprocess.from_data_config(loaded.data_config, cfg.img_size)
-    groups = layer_groups(model)
+    groups = layer_groups(loaded.model)
     say(
         f"model {loaded.name} ({loaded.source}), {sum(g.num_params for g in groups):,} parameters in "
         f"{len(groups)} layer groups, input {pre.size}px"
     )
-
-    cache_dir = run_dir / "cache" / f"rank{info.rank}"
-    train_all = _decode(train_scan, pre, cache_dir / "train.u8")
-    _strict_check(cfg, train_all.skipped, "train")
-    if val_scan is not None:
-        train_data, val_data = train_all, _decode(val_scan, pre, cache_dir / "val.u8")
-        _strict_check(cfg, val_data.skipped, "val")
-    else:
-        tr_idx, va_idx = stratified_split(train_all.labels.tolist(), cfg.val_fraction, cfg.seed)
-        train_data, val_data = train_all.subset(tr_idx), train_all.subset(va_idx)
-    test_data = _decode(test_scan, pre, cache_dir / "test.u8") if test_scan is not None else None
-    if test_data is not None:
-        _strict_check(cfg, test_data.skipped, "test")
-
-    present = [c for c, n in zip(classes, _class_counts(train_data.labels, len(classes)), strict=True) if n > 0]
-    if len(train_data) == 0 or len(present) < 2:
-        raise DataError(
-            f"after skipping unreadable files, {cfg.train} has {len(train_data)} usable training images in "
-            f"{len(present)} class(es): a classifier needs images of at least two classes"
-        )
-    if len(val_data) == 0:
-        raise DataError(f"no usable validation images (from {cfg.val or cfg.train}): add images or pass --val")
-
-    splits = {"train": train_data, "val": val_data}
-    scan_skipped: dict[str, list[Skipped]] = {"train": train_scan.skipped}
-    files_seen = {"train": train_scan.files_seen}
-    if val_scan is not None:
-        scan_skipped["val"], files_seen["val"] = val_scan.skipped, val_scan.files_seen
-    else:
-        # the validation images came out of the training folder: count them there, not twice
-        splits = {"train": train_all}
-    if test_scan is not None and test_data is not None:
-        splits["test"] = test_data
-        scan_skipped["test"], files_seen["test"] = test_scan.skipped, test_scan.files_seen
-    audit = build_audit(splits, classes, scan_skipped, files_seen)
-    if val_scan is None:
-        audit["split"] = {"train": len(train_data), "val": len(val_data), "val_fraction": cfg.val_fraction}
+    cache_dir = rd.path / "cache" / f"rank{info.rank}"
+    data = _load_data(cfg, scans, pre, cache_dir)
     if main:
-        write_json(run_dir / "audit.json", audit)
-    for line in format_audit(audit):
+        write_json(rd.audit_json, data.audit)
+    for line in format_audit(data.audit):
         say(line)
-
-    warnings: list[str] = []
-    val_counts = _class_counts(val_data.labels, len(classes))
-    thin = [c for c, n in zip(classes, val_counts, strict=True) if n < 10]
-    if thin:
-        warnings.append(
-            f"{len(thin)} class(es) have fewer than 10 validation images ({', '.join(thin[:5])}"
-            f"{', ...' if len(thin) > 5 else ''}): choosing epochs and layers on so few images is noisy"
-        )
-    if audit.get("cross_split_duplicates"):
-        warnings.append(f"{audit['cross_split_duplicates']} image(s) appear in more than one split (see audit.json)")
-    for w in warnings if main else []:
+    for w in data.warnings if main else []:
         log.warning(w)
 
-    # 2. plan + train, phase by phase
-    deadline = None
-    if cfg.time_budget is not None:
-        deadline = started + cfg.time_budget - elapsed_before
-    sink = _JsonlSink(run_dir / "metrics.jsonl", tensorboard=cfg.log == "tensorboard") if main else None
+    # 2. the strategy's steps, executed by the runner until the strategy is done
+    sink = _JsonlSink(rd.metrics_jsonl, tensorboard=cfg.log == "tensorboard") if main else None
     runner = Runner(
-        model=model,
-        groups=groups,
-        train_data=train_data,
-        val_data=val_data,
-        config=cfg,
-        mean=pre.mean,
-        std=pre.std,
-        device=device,
-        run_dir=run_dir if main else None,
+        loaded.model,
+        groups,
+        data.train,
+        data.val,
+        cfg,
+        pre.mean,
+        pre.std,
+        device,
+        run_dir=rd.path if main else None,
         sink=sink,
         progress=say,
-        deadline=deadline,
+        budget=budget,
         on_step=on_step if main else None,
         dist=info,
     )
+    budget.reserve = _final_seconds(runner, data.test)
     strategy = make_strategy(cfg.strategy)
-    history: list[PhaseResult] = []
-    epoch_state: EpochState | None = None
-    if resume_from is not None:
-        tensors, state = resume_from
-        runner.load_state(tensors, state)
-        history = [phase_result_from_dict(d) for d in state["history"]]
-        if state.get("epoch_state"):
-            epoch_state = EpochState(**state["epoch_state"])
-        _truncate_metrics(run_dir / "metrics.jsonl", runner.global_epoch)
-        say(f"resuming {run_dir} after epoch {runner.global_epoch} ({len(history)} phase(s) finished)")
-    elif (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
-
-    probe_test: float | None = None
-    signals: dict[str, Any] = {"num_val": len(val_data)}
-    while True:
-        left = deadline - time.monotonic() if deadline is not None else None
-        if left is not None:
-            left = dist.broadcast_float(left, info, device)  # rank 0's clock plans for every rank
-        if cfg.strategy == "auto" and history:
-            signals.update(_measure_signals(runner, info, device, warmup="rgn" not in signals))
-        ctx = PlanContext(
-            config=cfg,
-            groups=tuple(groups),
-            num_train=len(train_data),
-            num_classes=len(classes),
-            seconds_left=left,
-            signals=signals,
-        )
-        phase = strategy.next_phase(ctx, history)
-        if phase is None:
-            break
-        if left is not None and left <= 0:
-            warnings.append(f"time budget spent: phase '{phase.name}' and any after it did not run")
-            break
-        index = len(history)
-        names = ", ".join(groups[i].name for i in phase.trainable)
-        say(f"phase {index + 1} '{phase.name}': training {names} for up to {phase.epochs} epochs ({phase.reason})")
-        resume_state = epoch_state if epoch_state is not None and epoch_state.phase_index == index else None
-        epoch_state = None
-        result = runner.run_phase(
-            index, phase, history, resume=resume_state, elapsed_before=elapsed_before + time.monotonic() - started
-        )
-        history.append(result)
-        say(
-            f"phase {index + 1} '{phase.name}' ended ({result.stopped}) after {result.epochs_run} epoch(s): "
-            f"best val accuracy {result.best_val_accuracy:.4f}"
-        )
-        if index == 0 and phase.trainable == (len(groups) - 1,) and test_data is not None:
-            probe_test = float(runner.predict_logits(test_data)[0].accuracy)
-    soups = _weight_soups(runner, history, say)
-    runner.restore_overall_best()
-    warnings.extend(runner.warnings)
+    ctx = PlanContext(
+        config=cfg,
+        groups=tuple(groups),
+        num_train=len(data.train),
+        num_classes=len(scans.classes),
+        num_val=len(data.val),
+        budget_seconds=cfg.time_budget,
+    )
+    history, probe_test = _run_steps(strategy, runner, ctx, rd, resume_from, data.test, say)
+    warnings = [*data.warnings, *runner.warnings]
     if sink is not None:
         sink.close()
 
-    # 3. evaluate the best weights once on the test set (val when there is none)
-    eval_split, eval_data = ("test", test_data) if test_data is not None else ("val", val_data)
-    stats, logits = runner.predict_logits(eval_data)
-    probs = torch.softmax(logits, dim=1).numpy()
-    from thaw.report.metrics import compute_metrics  # scikit-learn loads after training, not during it
-
-    metrics = compute_metrics(eval_data.labels.numpy(), probs, classes)
+    # 3. evaluate the result once on the test set (val when there is none), 4. export a timm model folder
+    eval_split, eval_data = ("test", data.test) if data.test is not None else ("val", data.val)
+    metrics = _evaluate(runner, eval_data, eval_split, scans.classes, cfg, rd, main)
+    model_cpu = loaded.model.eval().to("cpu").to(memory_format=torch.contiguous_format)
     if main:
-        write_json(run_dir / "eval.json", {"split": eval_split, "data": cfg.test or cfg.val or cfg.train, **metrics})
-        with open(run_dir / "predictions.jsonl", "w", encoding="utf-8") as fh:
-            for path, label, p in zip(eval_data.paths, eval_data.labels.tolist(), probs, strict=True):
-                row = {
-                    "path": path,
-                    "split": eval_split,
-                    "label": label,
-                    "pred": int(p.argmax()),
-                    "probs": [round(float(v), 6) for v in p],
-                }
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        _export(model_cpu, loaded, pre, cfg, rd, scans.classes, runner.feed.normalize(eval_data.images[:32]), say)
 
-    # 4. export: a timm-compatible model folder
-    model.eval()
-    model_cpu = model.to("cpu").to(memory_format=torch.contiguous_format)
-    data_config = {**loaded.data_config, **pre.to_dict()}
-    if main:
-        export_timm_dir(
-            model_cpu,
-            run_dir / "model",
-            label_names=classes,
-            data_config=data_config,
-            extra={"thaw": {"strategy": cfg.strategy, "source": loaded.source}},
-        )
-        if cfg.export_onnx:
-            from thaw.export import export_onnx
-
-            sample = runner._normalize(eval_data.images[:32]).contiguous()
-            onnx_info = export_onnx(
-                model_cpu, run_dir / "model.onnx", label_names=classes, data_config=data_config, sample_inputs=sample
-            )
-            say(f"ONNX export verified: max |logit difference| {onnx_info['max_abs_diff']:.2e}")
-
-    # 5. summary
-    wall = elapsed_before + time.monotonic() - started
-    group_names = [g.name for g in groups]
-    test_acc = float(metrics["accuracy"]) if test_data is not None else None
-    total_imgs = sum(r.images_per_second * r.seconds for r in history)
-    total_secs = sum(r.seconds for r in history)
-    summary: dict[str, Any] = {
-        "thaw_version": _version(),
-        "strategy": cfg.strategy,
-        "model": loaded.name,
-        "model_source": loaded.source,
-        "img_size": pre.size,
-        "classes": classes,
-        "groups": [{"name": g.name, "num_params": g.num_params} for g in groups],
-        "data": {"train": len(train_data), "val": len(val_data), "test": len(test_data) if test_data else None},
-        "phases": [r.to_dict(group_names) for r in history],
-        "best_val_accuracy": runner.best_val_accuracy if math.isfinite(runner.best_val_accuracy) else None,
-        "best_val_loss": runner.best_val_loss,
-        "best_phase": runner.best_where[0],
-        "best_epoch_in_phase": runner.best_where[1],
-        "test_accuracy": test_acc,
-        "test_macro_f1": float(metrics["macro_f1"]) if test_data is not None else None,
-        "eval_split": eval_split,
-        "linear_probe_test_accuracy": probe_test,
-        "epochs": runner.global_epoch,
-        "wall_seconds": wall,
-        "train_images_per_second": total_imgs / total_secs if total_secs else 0.0,
-        "decisions": (strategy.decisions(history) if hasattr(strategy, "decisions") else []) + soups,
-        "warnings": warnings,
-        "skipped_files": len(audit.get("skipped", [])),
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    # 5. summary and report
+    summary = _summary(cfg, loaded, pre, groups, scans.classes, data, runner, history, metrics, budget)
+    summary.update(linear_probe_test_accuracy=probe_test, warnings=warnings)
+    summary["decisions"] = [d.to_dict() for d in strategy.decisions(history)]
     if info.enabled:
         digests = dist.gather_strings(dist.weights_digest(model_cpu), info)
         summary["distributed"] = {
@@ -499,70 +324,283 @@ def _fit(
         }
     shutil.rmtree(cache_dir, ignore_errors=True)
     if main:
-        write_json(run_dir / "summary.json", summary)
-        _write_report(run_dir)
-        shutil.rmtree(run_dir / "cache", ignore_errors=True)
+        write_json(rd.summary_json, summary)
+        _write_report(rd.path)
+        shutil.rmtree(rd.path / "cache", ignore_errors=True)
     return FitResult(
-        run_dir=run_dir,
+        run_dir=rd.path,
         best_val_accuracy=float(summary["best_val_accuracy"] or 0.0),
-        test_accuracy=test_acc,
+        test_accuracy=summary["test_accuracy"],
         linear_probe_test_accuracy=probe_test,
         summary=summary,
     )
 
 
-def _measure_signals(
-    runner: Runner, info: dist.DistInfo, device: torch.device, batches: int = 4, *, warmup: bool = True
-) -> dict[str, Any]:
-    """Relative gradient norm per group with the current weights (Auto-RGN) on a few training batches, and the
-    measured cost of a full fine-tuning epoch from the same forward+backward passes (for the time budget)."""
-    from thaw.strategy.signals import relative_grad_norms
+# ---------------------------------------------------------------------------------------------------- fit, parts
+@dataclass
+class _Scans:
+    classes: list[str]
+    train: ScanResult
+    val: ScanResult | None
+    test: ScanResult | None
 
-    bs = runner.config.batch_size
-    n = len(runner.train_data)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(runner.config.seed))[: batches * bs]
-    sub = runner.train_data.subset(order.tolist())
-    data = list(tensor_batches(sub.images, sub.labels, bs, transform=runner._normalize, device=device))
-    if warmup:
-        # one untimed batch first: the process's first backward pass through the backbone pays one-time setup (the
-        # probe before it trained on cached features): fashion10 seed 0 estimated 2.85 s per epoch against 0.84 s
-        # measured, which cut auto's first fine-tuning phase short in every fresh `thaw fit` process (19-31 planned
-        # epochs instead of 40; 0.80 s estimated with the warm-up)
-        relative_grad_norms(runner.model, runner.groups, data[:1])
-    start = time.perf_counter()
-    rgn = relative_grad_norms(runner.model, runner.groups, data)
-    per_image = (time.perf_counter() - start) / max(len(order), 1)
-    # a training epoch: forward+backward over the (sharded) training set, plus a forward pass over validation
-    local = -(-n // info.world_size)
-    full_epoch = per_image * local + per_image / 3 * len(runner.val_data)
-    return {"rgn": rgn, "full_epoch_seconds": dist.broadcast_float(full_epoch, info, device)}
+
+@dataclass
+class _Data:
+    train: DecodedImages
+    val: DecodedImages
+    test: DecodedImages | None
+    audit: dict[str, Any]
+    warnings: list[str]
+
+
+def _scan(cfg: FitConfig) -> _Scans:
+    train = scan(cfg.train)
+    val = scan(cfg.val, train.classes) if cfg.val else None
+    test = scan(cfg.test, train.classes) if cfg.test else None
+    for name, sc in (("train", train), ("val", val), ("test", test)):
+        if sc is not None:
+            _strict_check(cfg, sc.skipped, name)
+    return _Scans(train.classes, train, val, test)
+
+
+def _load_data(cfg: FitConfig, scans: _Scans, pre: Preprocess, cache_dir: Path) -> _Data:
+    """Decode every split once, split validation off the training data when there is no --val, and audit."""
+    classes = scans.classes
+    train_all = _decode(scans.train, pre, cache_dir / "train.u8")
+    _strict_check(cfg, train_all.skipped, "train")
+    if scans.val is not None:
+        train, val = train_all, _decode(scans.val, pre, cache_dir / "val.u8")
+        _strict_check(cfg, val.skipped, "val")
+    else:
+        tr_idx, va_idx = stratified_split(train_all.labels.tolist(), cfg.val_fraction, cfg.seed)
+        train, val = train_all.subset(tr_idx), train_all.subset(va_idx)
+    test = _decode(scans.test, pre, cache_dir / "test.u8") if scans.test is not None else None
+    if test is not None:
+        _strict_check(cfg, test.skipped, "test")
+
+    present = [c for c, n in zip(classes, _class_counts(train.labels, len(classes)), strict=True) if n > 0]
+    if len(train) == 0 or len(present) < 2:
+        raise DataError(
+            f"after skipping unreadable files, {cfg.train} has {len(train)} usable training images in "
+            f"{len(present)} class(es): a classifier needs images of at least two classes"
+        )
+    if len(val) == 0:
+        raise DataError(f"no usable validation images (from {cfg.val or cfg.train}): add images or pass --val")
+
+    # the validation images of a split came out of the training folder: count them there, not twice
+    splits = {"train": train, "val": val} if scans.val is not None else {"train": train_all}
+    scan_skipped = {name: sc.skipped for name, sc in (("train", scans.train), ("val", scans.val)) if sc is not None}
+    files_seen = {name: sc.files_seen for name, sc in (("train", scans.train), ("val", scans.val)) if sc is not None}
+    if scans.test is not None and test is not None:
+        splits["test"] = test
+        scan_skipped["test"], files_seen["test"] = scans.test.skipped, scans.test.files_seen
+    audit = build_audit(splits, classes, scan_skipped, files_seen)
+    if scans.val is None:
+        audit["split"] = {"train": len(train), "val": len(val), "val_fraction": cfg.val_fraction}
+
+    warnings: list[str] = []
+    thin = [c for c, n in zip(classes, _class_counts(val.labels, len(classes)), strict=True) if n < 10]
+    if thin:
+        warnings.append(
+            f"{len(thin)} class(es) have fewer than 10 validation images ({', '.join(thin[:5])}"
+            f"{', ...' if len(thin) > 5 else ''}): choosing epochs and layers on so few images is noisy"
+        )
+    if audit.get("cross_split_duplicates"):
+        warnings.append(f"{audit['cross_split_duplicates']} image(s) appear in more than one split (see audit.json)")
+    return _Data(train, val, test, audit, warnings)
+
+
+#: Seconds kept back from a time budget for writing the model folder, summary and report after the final evaluation
+#: (measured with the report's plots on 2 cores: docs/benchmarks.md, "Time budget").
+EXPORT_SECONDS = 8.0
+
+
+def _final_seconds(runner: Runner, test: DecodedImages | None) -> float:
+    """What to keep back from a time budget for the final evaluation, export and report: one timed eval batch
+    gives the cost of an image."""
+    if runner.budget.seconds is None:
+        return 0.0
+    sample = runner.val_data.subset(range(min(len(runner.val_data), runner.feed.eval_batch_size)))
+    t0 = time.perf_counter()
+    runner.predict_logits(sample)
+    per_image = (time.perf_counter() - t0) / max(len(sample), 1)
+    return EXPORT_SECONDS + per_image * (len(test) if test is not None else len(runner.val_data))
+
+
+def _run_steps(
+    strategy: Strategy,
+    runner: Runner,
+    ctx: PlanContext,
+    rd: RunDir,
+    resume_from: Checkpoint | None,
+    test: DecodedImages | None,
+    say: Progress,
+) -> tuple[list[StepResult], float | None]:
+    """Ask the strategy for steps and execute them until it says done; returns the history and the test accuracy
+    of the first head-only phase on the pretrained backbone (the linear probe), when there was one."""
+    history: list[StepResult] = []
+    running: Phase | None = None
+    epoch_state: EpochState | None = None
+    if resume_from is not None:
+        tensors, state = resume_from
+        runner.load_state(tensors, state)
+        history = history_from_dicts(state["history"])
+        if state.get("epoch_state"):
+            epoch_state = epoch_state_from_dict(state["epoch_state"])
+            running = phase_from_dict(state["running_phase"])
+        _truncate_metrics(rd.metrics_jsonl, runner.global_epoch)
+        say(f"resuming {rd.path} after epoch {runner.global_epoch} ({len(history)} step(s) finished)")
+    elif rd.metrics_jsonl.exists():
+        rd.metrics_jsonl.unlink()
+    probe_test: float | None = None
+    while True:
+        step: Step | None
+        if running is not None:  # the phase that was interrupted continues first, exactly as it was planned
+            step, running = running, None
+        else:
+            left = runner.budget.left()
+            signals = runner.measure(strategy.needs(history))
+            step = strategy.next_step(replace(ctx, seconds_left=left, signals=signals), history)
+            if step is None:
+                break
+            if left is not None and left <= 0:
+                runner.warnings.append(f"time budget spent: {_describe(step, ctx)} and anything after it did not run")
+                break
+        say(f"step {len(history) + 1}: {_describe(step, ctx)}")
+        for result in runner.execute(step, history, resume=epoch_state):
+            history.append(result)
+            say(_outcome(result))
+            if isinstance(result, PhaseResult) and result.index == 0 and result.phase.trainable == (ctx.head,):
+                probe_test = float(runner.predict_logits(test)[0].accuracy) if test is not None else None
+        epoch_state = None
+    runner.selection.restore(runner.model)
+    return history, probe_test
+
+
+def _describe(step: Step, ctx: PlanContext) -> str:
+    names = [g.name for g in ctx.groups]
+    if isinstance(step, Phase | Refit):
+        phase = step if isinstance(step, Phase) else step.phase
+        what = "refit on training + validation images: " if isinstance(step, Refit) else ""
+        length = f"{phase.seconds:.0f}s" if phase.seconds is not None else f"up to {phase.epochs} epochs"
+        return (
+            f"{what}'{phase.name}' trains {', '.join(names[i] for i in phase.trainable)} for {length} ({phase.reason})"
+        )
+    if isinstance(step, Candidates):
+        return f"race of {', '.join(p.name for p in step.phases)} ({step.reason})"
+    return f"weight soup of phases {', '.join(str(i + 1) for i in step.members)} ({step.reason})"
+
+
+def _outcome(result: StepResult) -> str:
+    if isinstance(result, AverageResult):
+        state = "adopted" if result.adopted else "vetoed"
+        return f"weight soup {state}: val {result.info.get('soup_val_accuracy', float('nan')):.4f}"
+    return (
+        f"phase {result.index + 1} '{result.phase.name}' ended ({result.stopped}) after {result.epochs_run} epoch(s), "
+        f"{result.seconds:.0f}s: best val accuracy {result.best_val_accuracy:.4f}"
+    )
+
+
+def _evaluate(
+    runner: Runner, data: DecodedImages, split: str, classes: list[str], cfg: FitConfig, rd: RunDir, main: bool
+) -> dict[str, Any]:
+    """Metrics of the result on ``data``; eval.json and predictions.jsonl."""
+    _, logits = runner.predict_logits(data)
+    probs = torch.softmax(logits, dim=1).numpy()
+    from thaw.report.metrics import compute_metrics  # scikit-learn loads after training, not during it
+
+    metrics = compute_metrics(data.labels.numpy(), probs, classes)
+    if main:
+        write_json(rd.eval_json, {"split": split, "data": cfg.test or cfg.val or cfg.train, **metrics})
+        with open(rd.predictions_jsonl, "w", encoding="utf-8") as fh:
+            for path, label, p in zip(data.paths, data.labels.tolist(), probs, strict=True):
+                row = {"path": path, "split": split, "label": label, "pred": int(p.argmax())}
+                fh.write(json.dumps({**row, "probs": [round(float(v), 6) for v in p]}, ensure_ascii=False) + "\n")
+    return metrics
+
+
+def _export(
+    model: torch.nn.Module,
+    loaded: LoadedModel,
+    pre: Preprocess,
+    cfg: FitConfig,
+    rd: RunDir,
+    classes: list[str],
+    sample: torch.Tensor,
+    say: Progress,
+) -> None:
+    data_config = {**loaded.data_config, **pre.to_dict()}
+    export_timm_dir(
+        model,
+        rd.model_dir,
+        label_names=classes,
+        data_config=data_config,
+        extra={"thaw": {"strategy": cfg.strategy, "source": loaded.source}},
+    )
+    if cfg.export_onnx:
+        from thaw.export import export_onnx
+
+        onnx_info = export_onnx(
+            model, rd.path / "model.onnx", label_names=classes, data_config=data_config, sample_inputs=sample
+        )
+        say(f"ONNX export verified: max |logit difference| {onnx_info['max_abs_diff']:.2e}")
+
+
+def _summary(
+    cfg: FitConfig,
+    loaded: LoadedModel,
+    pre: Preprocess,
+    groups: Sequence[LayerGroup],
+    classes: list[str],
+    data: _Data,
+    runner: Runner,
+    history: Sequence[StepResult],
+    metrics: dict[str, Any],
+    budget: Budget,
+) -> dict[str, Any]:
+    group_names = [g.name for g in groups]
+    phases = phase_results(history)
+    total_imgs = sum(r.images_per_second * r.seconds for r in phases)
+    total_secs = sum(r.seconds for r in phases)
+    best = runner.selection
+    return {
+        "thaw_version": _version(),
+        "strategy": cfg.strategy,
+        "model": loaded.name,
+        "model_source": loaded.source,
+        "img_size": pre.size,
+        "classes": classes,
+        "groups": [{"name": g.name, "num_params": g.num_params} for g in groups],
+        "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test) if data.test else None},
+        "phases": [r.to_dict(group_names) for r in phases],
+        "averages": [
+            {"index": r.index, "members": list(r.members), "adopted": r.adopted}
+            for r in history
+            if isinstance(r, AverageResult)
+        ],
+        "best_val_accuracy": best.best.accuracy if math.isfinite(best.best.accuracy) else None,
+        "best_val_loss": best.best.loss if math.isfinite(best.best.loss) else None,
+        "best_phase": best.best_where[0],
+        "best_epoch_in_phase": best.best_where[1],
+        "validation_held_out": not any(r.phase.refit for r in phases),
+        "test_accuracy": float(metrics["accuracy"]) if data.test is not None else None,
+        "test_macro_f1": float(metrics["macro_f1"]) if data.test is not None else None,
+        "eval_split": "test" if data.test is not None else "val",
+        "epochs": runner.global_epoch,
+        "steps": sum(r.steps for r in phases),
+        "wall_seconds": budget.elapsed(),
+        "time_budget": cfg.time_budget,
+        "train_images_per_second": total_imgs / total_secs if total_secs else 0.0,
+        "skipped_files": len(data.audit.get("skipped", [])),
+        "device": str(runner.device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _silent(_message: str) -> None:
     """Progress sink of non-zero ranks."""
-
-
-def _weight_soups(runner: Runner, history: Sequence[PhaseResult], say: Progress) -> list[dict[str, Any]]:
-    """Uniform weight soup of every phase that was repeated (``Phase.restart_from``); one decision record each."""
-    decisions = []
-    for family in sorted({r.phase.restart_from for r in history if r.phase.restart_from is not None}):
-        members = [family, *(r.index for r in history if r.phase.restart_from == family)]
-        info = runner.weight_soup(members)
-        if info is None:
-            continue
-        names = ", ".join(history[i].phase.name for i in info["members"])
-        measured = (
-            f"val {info['soup_val_accuracy']:.4f} against {info['mean_ingredient_val_accuracy']:.4f} for the mean "
-            f"run and {info['best_val_accuracy_before']:.4f} for the best weights so far (noise margin "
-            f"{info['noise_margin']:.4f}, two standard errors)"
-        )
-        if info["adopted"]:
-            reason = f"weight soup of {names}: {measured}; the averaged weights are the result"
-        else:
-            reason = f"no weight soup of {names}: {measured}, worse by more than the margin; the best single run stays"
-        say(reason)
-        decisions.append({"phase": len(history), "decision": "weight soup", "reason": reason, "signals": info})
-    return decisions
 
 
 def _write_report(run_dir: Path) -> None:
@@ -585,129 +623,3 @@ def _version() -> str:
     from thaw import __version__
 
     return __version__
-
-
-# ---------------------------------------------------------------------------------------------------- runs
-def load_run(run_dir: str | os.PathLike[str]) -> Run:
-    """Read a run directory written by ``fit``.
-
-    Raises:
-        CheckpointError: not a run directory, or it has no exported model yet.
-    """
-    path = Path(run_dir)
-    if not (path / "config.yaml").exists():
-        raise CheckpointError(f"{path} is not a thaw run directory (no config.yaml)")
-    cfg = FitConfig.from_yaml(path / "config.yaml")
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
-    if not (path / "model" / "config.json").exists():
-        raise CheckpointError(
-            f"{path} has no exported model: the run did not finish; continue it with `thaw fit --resume {path}`"
-        )
-    return Run(run_dir=path, config=cfg, summary=summary, classes=list(summary.get("classes", [])))
-
-
-def _load_for_inference(run_dir: Path) -> tuple[torch.nn.Module, list[str], Preprocess]:
-    if (run_dir / "model" / "config.json").exists():
-        model_dir = run_dir / "model"
-    elif (run_dir / "config.json").exists():
-        model_dir = run_dir  # a bare exported model folder
-    else:
-        load_run(run_dir)  # raises the helpful error
-        model_dir = run_dir / "model"
-    model, labels, data_config = load_timm_dir(model_dir)
-    return model, labels, Preprocess.from_data_config(data_config)
-
-
-def _infer(model: torch.nn.Module, data: DecodedImages, pre: Preprocess, batch_size: int = 128) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(data), batch_size):
-            x = normalize(data.images[s : s + batch_size], pre.mean, pre.std, channels_last=False)
-            out.append(torch.softmax(model(x).float(), dim=1))
-    return torch.cat(out).numpy() if out else np.zeros((0, 0))
-
-
-def evaluate(
-    run_dir: str | os.PathLike[str], data: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None
-) -> EvalResult:
-    """Evaluate a run's model on labelled data (folder or CSV); writes eval.json (confusion matrix included).
-
-    Args:
-        run_dir: a run directory from ``fit`` (or an exported model folder).
-        data: labelled images whose class names match the run's.
-        out: where to write the JSON; default ``RUN_DIR/eval-<data name>.json``.
-
-    Raises:
-        ThawError: missing run, unusable data, unknown class names.
-    """
-    rd = Path(run_dir)
-    model, labels, pre = _load_for_inference(rd)
-    sc = scan(data, labels)
-    decoded = decode_all(sc.samples, pre)
-    if len(decoded) == 0:
-        raise DataError(f"no readable images in {data}: nothing to evaluate")
-    probs = _infer(model, decoded, pre)
-    from thaw.report.metrics import compute_metrics
-
-    metrics = compute_metrics(decoded.labels.numpy(), probs, labels)
-    skipped = [*sc.skipped, *decoded.skipped]
-    out_path = Path(out) if out else rd / f"eval-{Path(data).name or 'data'}.json"
-    write_json(
-        out_path,
-        {
-            "split": "external",
-            "data": str(data),
-            **metrics,
-            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
-        },
-    )
-    return EvalResult(float(metrics["accuracy"]), float(metrics["macro_f1"]), metrics, skipped, out_path)
-
-
-def _collect_images(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[Skipped]]:
-    files: list[str] = []
-    skipped: list[Skipped] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            for root, _dirs, names in os.walk(path):
-                for name in sorted(names):
-                    full = os.path.join(root, name)
-                    if name.startswith("."):
-                        skipped.append(Skipped(full, "hidden file"))
-                    elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                        files.append(full)
-                    else:
-                        skipped.append(Skipped(full, f"unsupported extension '{Path(name).suffix}'"))
-        elif path.exists():
-            files.append(str(path))
-        else:
-            skipped.append(Skipped(str(path), "file not found"))
-    return files, skipped
-
-
-def predict(
-    run_dir: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], *, top_k: int = 3
-) -> tuple[list[Prediction], list[Skipped]]:
-    """Classify image files and folders with a run's model.
-
-    Returns:
-        (predictions in input order, skipped files with reasons).
-    """
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1 (got {top_k})")
-    model, labels, pre = _load_for_inference(Path(run_dir))
-    files, skipped = _collect_images(paths)
-    decoded = decode_all([Sample(f, 0) for f in files], pre)
-    skipped.extend(decoded.skipped)
-    if len(decoded) == 0:
-        return [], skipped
-    probs = _infer(model, decoded, pre)
-    k = min(top_k, len(labels))
-    preds = []
-    for path, p in zip(decoded.paths, probs, strict=True):
-        idx = np.argsort(-p)[:k]
-        preds.append(Prediction(path, [(labels[i], float(p[i])) for i in idx]))
-    return preds, skipped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -11,13 +12,17 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from thaw import __version__
 from thaw.config import FitConfig, parse_duration
 from thaw.errors import ThawError
+from thaw.textfmt import fixed, table
 
 __all__ = ["main"]
 
@@ -44,21 +49,46 @@ class _ConsoleHandler(logging.Handler):
         msg = record.getMessage()
         if record.levelno >= logging.WARNING:
             msg = f"\x1b[33mwarning:\x1b[0m {msg}" if _tty() else f"warning: {msg}"
-        # on a terminal, first clear a live progress bar from the line
-        print(("\r\x1b[K" if _tty() else "") + msg, file=sys.stderr, flush=True)
+        # tqdm.write clears a live progress bar, prints the line and redraws the bar below it
+        tqdm.write(msg, file=sys.stderr)
 
 
 def _tty() -> bool:
     return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
 
 
-def _step_bar(phase: str, step: int, total: int, loss: float, acc: float, ips: float) -> None:
-    """A live per-epoch progress bar on terminals (nothing when stderr is a file or pipe)."""
-    width = 24
-    done = min(width, round(width * step / max(total, 1)))
-    bar = "#" * done + "." * (width - done)
-    sys.stderr.write(f"\r\x1b[K  {phase} [{bar}] {step}/{total} loss {loss:.3f} acc {acc:.3f} {ips:.0f} img/s")
-    sys.stderr.flush()
+class _StepBar:
+    """The live per-epoch progress bar (tqdm): ``fit`` calls it after every training step."""
+
+    def __init__(self) -> None:
+        self._bar: tqdm[Any] | None = None
+        self._phase = ""
+
+    def __call__(self, phase: str, step: int, total: int, loss: float, acc: float, ips: float) -> None:
+        if self._bar is None or phase != self._phase or step <= self._bar.n:  # a new epoch
+            self.close()
+            self._bar = tqdm(total=total, desc=f"  {phase}", unit="step", leave=False, file=sys.stderr)
+            self._phase = phase
+        self._bar.set_postfix_str(f"loss {loss:.3f} acc {acc:.3f} {ips:.0f} img/s", refresh=False)
+        self._bar.update(step - self._bar.n)
+        if step >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+@contextlib.contextmanager
+def _step_bar(quiet: bool = False) -> Iterator[_StepBar | None]:
+    """A progress bar for ``fit(on_step=...)`` on terminals; None (nothing printed) when stderr is a file or pipe."""
+    bar = _StepBar() if _tty() and not quiet else None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _setup_logging(quiet: bool) -> Callable[[], None]:
@@ -79,23 +109,24 @@ def _setup_logging(quiet: bool) -> Callable[[], None]:
     return restore
 
 
-def _annotation_type(annotation: str) -> tuple[type | None, bool]:
-    """(python type, is_bool) for the simple annotations FitConfig uses."""
-    base = annotation.replace(" | None", "").strip()
-    return {"str": str, "int": int, "float": float, "bool": bool}.get(base), base == "bool"
+def _option_type(annotation: Any) -> type:
+    """The argparse type of a FitConfig field: ``int | None`` -> int; anything but str/int/float/bool -> str."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0] if len(args) == 1 and args[0] in (str, int, float, bool) else str
 
 
 def _add_fit_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One --option per FitConfig field, help text from the field's doc."""
     defaults = FitConfig()
+    hints = typing.get_type_hints(FitConfig)
     for f in dataclasses.fields(FitConfig):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         doc = f.metadata.get("doc", "")
-        typ, is_bool = _annotation_type(str(f.type))
+        typ = _option_type(hints[f.name])
         default = getattr(defaults, f.name)
-        if is_bool:
+        if typ is bool:
             parser.add_argument(
                 flag,
                 dest=f.name,
@@ -109,7 +140,7 @@ def _add_fit_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
             parser.add_argument(
                 flag,
                 dest=f.name,
-                type=typ or str,
+                type=typ,
                 default=None,
                 metavar=f.name.upper(),
                 help=f"{doc} (default: {default})",
@@ -208,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--onnx", action="store_true", required=True, help="write RUN_DIR/model.onnx (needs thaw[onnx])")
     p.add_argument("--num-images", type=int, default=32, help="real images used for the parity check")
+
+    p = sub.add_parser(
+        "app",
+        help="local web app: add images, train, inspect and try models in the browser (needs thaw[app])",
+        epilog="example:\n  thaw app --data runs/ --port 9000 --no-browser",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, default=Path("thaw-app"), help="projects, images, runs (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s: this computer)")
+    p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     return parser
 
 
@@ -217,16 +259,25 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         f"strategy {summary['strategy']} on {summary['model']}: {summary['epochs']} epochs, "
         f"{summary['wall_seconds']:.0f}s wall, {summary['train_images_per_second']:.0f} train img/s"
     )
-    for ph in summary["phases"]:
-        best = ph["best_val_accuracy"]
-        best_s = f"{best:.4f}" if best is not None else "n/a"
-        print(
-            f"  phase {ph['index'] + 1} {ph['name']:<14} {ph['epochs']:>3} ep  best val {best_s}  "
-            f"({ph['stopped']}; {len(ph['trainable_groups'])} groups trainable)"
-        )
-    print(f"best validation accuracy: {summary['best_val_accuracy']:.4f}")
+    rows = [
+        [
+            str(ph["index"] + 1),
+            ph["name"],
+            str(ph["epochs"]),
+            fixed(ph["best_val_accuracy"], 4),
+            str(len(ph["trainable_groups"])),
+            ph["stopped"],
+        ]
+        for ph in summary["phases"]
+    ]
+    print(
+        table(["phase", "name", "epochs", "best val", "groups trainable", "stopped"], rows, align="rlrrrl", indent="  ")
+    )
+    print(f"best validation accuracy: {fixed(summary['best_val_accuracy'], 4)}")
     if summary.get("test_accuracy") is not None:
-        print(f"test accuracy: {summary['test_accuracy']:.4f}  (macro-F1 {summary['test_macro_f1']:.4f})")
+        print(
+            f"test accuracy: {fixed(summary['test_accuracy'], 4)}  (macro-F1 {fixed(summary.get('test_macro_f1'), 4)})"
+        )
     for w in summary.get("warnings", []):
         print(f"warning: {w}")
 
@@ -236,7 +287,8 @@ def _cmd_fit(ns: argparse.Namespace) -> int:
 
     values = _config_values(ns)
     if ns.resume is not None:
-        result = api.fit(resume=ns.resume, on_step=_step_bar if _tty() and not ns.quiet else None, **values)
+        with _step_bar(ns.quiet) as bar:
+            result = api.fit(resume=ns.resume, on_step=bar, **values)
     else:
         if ns.config is not None:
             if ns.train_path:
@@ -246,7 +298,8 @@ def _cmd_fit(ns: argparse.Namespace) -> int:
             if not ns.train_path:
                 raise ThawError("thaw fit needs training data: thaw fit data/train [options] (see thaw fit --help)")
             cfg = FitConfig.from_dict({"train": ns.train_path, **values})
-        result = api.fit(config=cfg, overwrite=ns.overwrite, on_step=_step_bar if _tty() and not ns.quiet else None)
+        with _step_bar(ns.quiet) as bar:
+            result = api.fit(config=cfg, overwrite=ns.overwrite, on_step=bar)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 prints the summary
     if ns.json:
@@ -264,17 +317,18 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     out = ns.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     log.info("demo: fine-tuning the built-in EfficientNet-Lite0 (ImageNet weights, offline) on %s", data)
     log.info("data: %s", SAMPLE_CREDIT)
-    result = api.fit(
-        data / "train",
-        val=str(data / "val"),
-        test=str(data / "test"),
-        strategy=ns.strategy,
-        img_size=96,
-        epochs=8,
-        out=str(out),
-        overwrite=True,
-        on_step=_step_bar if _tty() else None,
-    )
+    with _step_bar() as bar:
+        result = api.fit(
+            data / "train",
+            val=str(data / "val"),
+            test=str(data / "test"),
+            strategy=ns.strategy,
+            img_size=96,
+            epochs=8,
+            out=str(out),
+            overwrite=True,
+            on_step=bar,
+        )
     if ns.json:
         print(json.dumps(result.summary, indent=2))
         return 0
@@ -351,9 +405,10 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
 def _cmd_report(ns: argparse.Namespace) -> int:
     from thaw.errors import CheckpointError
     from thaw.report.html import write_report
+    from thaw.rundir import SUMMARY, RunDir
 
-    if not (ns.run_dir / "summary.json").exists():
-        raise CheckpointError(f"{ns.run_dir} has no summary.json: is it a finished thaw run directory?")
+    if not RunDir(ns.run_dir).summary_json.exists():
+        raise CheckpointError(f"{ns.run_dir} has no {SUMMARY}: is it a finished thaw run directory?")
     print(write_report(ns.run_dir))
     return 0
 
@@ -433,6 +488,13 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_app(ns: argparse.Namespace) -> int:
+    from thaw.app import serve
+
+    serve(ns.data, host=ns.host, port=ns.port, open_browser=not ns.no_browser)
+    return 0
+
+
 COMMANDS = {
     "fit": _cmd_fit,
     "demo": _cmd_demo,
@@ -443,6 +505,7 @@ COMMANDS = {
     "advise": _cmd_advise,
     "compare": _cmd_compare,
     "export": _cmd_export,
+    "app": _cmd_app,
 }
 
 

@@ -10,7 +10,7 @@ against labelled images per class, log x axis).
 from __future__ import annotations
 
 import csv
-import difflib
+import io
 import logging
 import math
 import os
@@ -32,7 +32,9 @@ from thaw.data.sources import scan
 from thaw.data.split import subsample_per_class
 from thaw.data.types import Sample
 from thaw.errors import ConfigError, DataError, ThawError
-from thaw.jsonio import write_json
+from thaw.jsonio import atomic_write_text, write_json
+from thaw.names import did_you_mean
+from thaw.textfmt import fixed, table
 
 __all__ = ["compare", "CompareResult", "CompareCell", "compare_figure", "plot_compare", "summarize", "SCRATCH"]
 
@@ -111,7 +113,7 @@ class CompareResult:
         strategies = list(dict.fromkeys(c.strategy for c in self.cells))
         per_class = {f: _mean([c.images_per_class for c in self.cells if c.fraction == f]) for f in fractions}
         header = ["strategy"] + [f"{f:g} ({per_class[f]:.3g}/class)" for f in fractions]
-        rows = [header]
+        rows = []
         for s in strategies:
             row = [s]
             for f in fractions:
@@ -119,17 +121,11 @@ class CompareResult:
                 if entry is None or not entry["n"]:
                     row.append("failed" if any(c.strategy == s and c.fraction == f for c in self.cells) else "-")
                 elif entry["std"] is None:
-                    row.append(f"{entry['mean']:.3f}")
+                    row.append(fixed(entry["mean"]))
                 else:
-                    row.append(f"{entry['mean']:.3f} ± {entry['std']:.3f}")
+                    row.append(f"{fixed(entry['mean'])} ± {fixed(entry['std'])}")
             rows.append(row)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = [
-            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-            for r in rows
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(line.rstrip() for line in lines)
+        return table(header, rows)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -147,9 +143,7 @@ def _check_grid(strategies: Sequence[str], fractions: Sequence[float], seeds: Se
         problems.append("no strategies given: name at least one, e.g. linear,lp-ft")
     for s in strategies:
         if s not in STRATEGIES:
-            close = difflib.get_close_matches(s, STRATEGIES, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"unknown strategy '{s}'{hint}: use one of {', '.join(STRATEGIES)}")
+            problems.append(f"unknown strategy '{s}'{did_you_mean(s, STRATEGIES)}: use one of {', '.join(STRATEGIES)}")
     if len(set(strategies)) != len(strategies):
         problems.append(f"strategies are listed twice: {', '.join(strategies)}")
     if not fractions:
@@ -201,13 +195,12 @@ def _manifest_safe(path: str, label: str) -> bool:
 
 
 def _write_manifest(path: Path, samples: Iterable[Sample], classes: Sequence[str]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label"])
-        for s in samples:
-            writer.writerow([os.path.abspath(s.path), classes[s.label]])
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(["path", "label"])
+    for s in samples:
+        writer.writerow([os.path.abspath(s.path), classes[s.label]])
+    atomic_write_text(path, buf.getvalue())
 
 
 def summarize(cells: Sequence[CompareCell]) -> dict[str, dict[str, dict[str, Any]]]:

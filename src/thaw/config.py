@@ -7,7 +7,6 @@ of an option lives next to its default.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,12 +16,13 @@ from typing import Any
 import yaml
 
 from thaw.errors import ConfigError
+from thaw.names import did_you_mean
+from thaw.strategy.registry import STRATEGIES
 
 __all__ = ["FitConfig", "STRATEGIES", "parse_duration", "phase_patience"]
 
-#: Strategy names the registry knows (strategy/registry.py maps them to classes).
-STRATEGIES = ("linear", "last-k", "full", "groups", "gradual", "lp-ft", "auto")
 OPTIMIZERS = ("adamw", "sgd")
+#: Augmentation presets (data/transforms.py builds them; defined here so config imports no torch).
 AUGMENT_PRESETS = ("none", "light", "strong")
 BN_POLICIES = ("auto", "frozen-eval", "train-all", "eval-all")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -62,6 +62,11 @@ class FitConfig:
     epochs: int = _f(10, "epochs of each fine-tuning phase (upper bound; early stopping may end a phase sooner)")
     probe_epochs: int = _f(20, "epochs of a head-only (linear probe) phase; cheap when features are cached")
     gradual_epochs: int = _f(1, "gradual: epochs per unfreezing step before the final phase")
+    refit: bool = _f(
+        False,
+        "auto: after choosing, retrain the chosen recipe on training + validation images for the length its "
+        "validated run took (the budget is split between the two; nothing is held out for the final model)",
+    )
     # optimisation
     optimizer: str = _f("adamw", "optimizer: adamw or sgd")
     lr: float = _f(1e-3, "peak learning rate of the head in fine-tuning phases")
@@ -135,8 +140,7 @@ class FitConfig:
         if unknown:
             msgs = []
             for k in unknown:
-                close = difflib.get_close_matches(k, known, n=1)
-                msgs.append(f"unknown option '{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+                msgs.append(f"unknown option '{k}'{did_you_mean(k, known)}")
             raise ConfigError("; ".join(msgs))
         cfg_values = dict(values)
         if isinstance(cfg_values.get("time_budget"), str):
@@ -190,8 +194,7 @@ class FitConfig:
 
         def choice(name: str, value: str, options: tuple[str, ...]) -> None:
             if value not in options:
-                close = difflib.get_close_matches(value, options, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(value, options)
                 problems.append(f"--{name.replace('_', '-')} '{value}' is not one of {', '.join(options)}{hint}")
 
         if not self.train:
@@ -236,6 +239,8 @@ class FitConfig:
             problems.append(f"--cache-ram-mb must be >= 0 (got {self.cache_ram_mb})")
         if self.workers < 0:
             problems.append(f"--workers must be >= 0 (got {self.workers})")
+        if self.refit and self.strategy != "auto":
+            problems.append("--refit is an auto decision: use it with --strategy auto")
         if self.strategy == "groups" and not self.groups:
             problems.append("--strategy groups needs --groups NAMES (see `thaw layers MODEL` for the names)")
         if self.random_init and self.weights:

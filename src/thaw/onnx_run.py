@@ -8,7 +8,6 @@ and resized by thaw's decoder and normalised in numpy, and no PyTorch model code
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -17,11 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from thaw.api import Prediction, _collect_images
 from thaw.data.cache import DecodedImages, decode_all
 from thaw.data.transforms import Preprocess
 from thaw.data.types import Sample, Skipped
 from thaw.errors import CheckpointError, ConfigError, DataError
+from thaw.inference import Prediction, collect_images
+from thaw.jsonio import write_json
+from thaw.rundir import RunDir
 
 __all__ = ["export_run_onnx", "predict_onnx", "ONNX_FILE"]
 
@@ -35,28 +36,19 @@ _BATCH = 64
 
 def _prediction_paths(run_dir: Path) -> list[str]:
     """Image paths of the run's evaluation (predictions.jsonl), in file order."""
-    path = run_dir / "predictions.jsonl"
-    if not path.is_file():
-        return []
-    out: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                out.append(str(json.loads(line)["path"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a damaged line: the config's data is the fallback
-    return out
+    # A damaged line or row is left out: the config's data is the fallback.
+    return [str(row["path"]) for row in RunDir(run_dir).read_predictions() if "path" in row]
 
 
 def _config_samples(run_dir: Path, classes: Sequence[str]) -> list[Sample]:
     """Samples of the run's test, validation or training data, from config.yaml (first source that scans)."""
-    from thaw.config import FitConfig
     from thaw.data.sources import scan
     from thaw.errors import ThawError
 
-    if not (run_dir / "config.yaml").is_file():
+    rd = RunDir(run_dir)
+    if not rd.has_config():
         return []
-    cfg = FitConfig.from_yaml(run_dir / "config.yaml")
+    cfg = rd.read_config()
     for source in (cfg.test, cfg.val, cfg.train):
         if not source:
             continue
@@ -115,18 +107,19 @@ def export_run_onnx(run_dir: str | os.PathLike[str], *, num_images: int = 32) ->
     if num_images < 1:
         raise ConfigError(f"the ONNX check needs at least 1 image (got num_images={num_images})")
     rd = Path(run_dir)
-    if not (rd / "model" / "config.json").is_file():
+    run = RunDir(rd)
+    if not run.has_model():
         raise CheckpointError(
             f"{rd} has no exported model folder (model/config.json): pass a finished run directory, or finish it "
             f"with `thaw fit --resume {rd}`"
         )
-    model, labels, data_config = load_timm_dir(rd / "model")
+    model, labels, data_config = load_timm_dir(run.model_dir)
     pre = Preprocess.from_data_config(data_config)
     decoded = _sample_images(rd, labels, pre, num_images)
     sample = normalize(decoded.images, pre.mean, pre.std, channels_last=False)
     info = export_onnx(model, rd / ONNX_FILE, label_names=labels, data_config=data_config, sample_inputs=sample)
     info["num_images"] = len(decoded)
-    (rd / "onnx.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_json(rd / "onnx.json", info)
     logger.info("ONNX export verified on %d image(s): max |logit difference| %.2e", len(decoded), info["max_abs_diff"])
     return info
 
@@ -175,7 +168,7 @@ def predict_onnx(
         top_k: How many (label, probability) pairs per image.
 
     Returns:
-        (predictions in input order, skipped files with reasons), as ``thaw.api.predict``.
+        (predictions in input order, skipped files with reasons), as ``thaw.inference.predict``.
 
     Raises:
         ConfigError: ``top_k`` below 1.
@@ -193,7 +186,7 @@ def predict_onnx(
         raise ConfigError(f"--top-k must be at least 1 (got {top_k})")
     clf = OnnxClassifier.from_file(_resolve_onnx(Path(run_dir_or_onnx_path)))
     pre = Preprocess.from_data_config(clf.data_config)
-    files, skipped = _collect_images(paths)
+    files, skipped = collect_images(paths)
     decoded = decode_all([Sample(f, 0) for f in files], pre)
     skipped.extend(decoded.skipped)
     if len(decoded) == 0:

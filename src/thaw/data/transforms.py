@@ -6,7 +6,6 @@ those uint8 tensors, and normalisation to float happens per batch on the trainin
 
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -19,19 +18,15 @@ from timm.data import DEFAULT_CROP_PCT
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
+# AUGMENT_PRESETS is re-exported: the names live in config (which imports no torch); the presets are built here.
+from thaw.config import AUGMENT_PRESETS
 from thaw.errors import ConfigError
+from thaw.names import did_you_mean
 
 __all__ = ["AUGMENT_PRESETS", "Preprocess", "make_augment", "normalize"]
 
-#: Augmentation preset names accepted by ``make_augment``.
-AUGMENT_PRESETS = ("none", "light", "strong")
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-
-
-def _did_you_mean(value: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -62,7 +57,7 @@ class Preprocess:
             raise ConfigError(f"crop_pct must be above 0, got {self.crop_pct}: timm models use 0.875 to 1.0")
         if self.interpolation not in _INTERPOLATIONS:
             raise ConfigError(
-                f"unknown interpolation '{self.interpolation}'{_did_you_mean(self.interpolation, _INTERPOLATIONS)}"
+                f"unknown interpolation '{self.interpolation}'{did_you_mean(self.interpolation, _INTERPOLATIONS)}"
                 f": use one of {', '.join(_INTERPOLATIONS)}"
             )
 
@@ -138,7 +133,7 @@ def make_augment(preset: str, size: int) -> Callable[[torch.Tensor], torch.Tenso
     """
     if preset not in AUGMENT_PRESETS:
         raise ConfigError(
-            f"unknown augmentation preset '{preset}'{_did_you_mean(preset, AUGMENT_PRESETS)}: "
+            f"unknown augmentation preset '{preset}'{did_you_mean(preset, AUGMENT_PRESETS)}: "
             f"use one of {', '.join(AUGMENT_PRESETS)}"
         )
     if preset == "none":

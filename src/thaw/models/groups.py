@@ -9,7 +9,6 @@ children, never to one single group.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -19,6 +18,8 @@ from typing import Any
 from torch import nn
 
 from thaw.errors import ConfigError
+from thaw.names import did_you_mean
+from thaw.textfmt import count, pct, table
 
 __all__ = ["LayerGroup", "layer_groups", "module_groups", "select_groups", "format_groups"]
 
@@ -281,9 +282,7 @@ def select_groups(groups: Sequence[LayerGroup], spec: str | Sequence[str]) -> li
             else:
                 chosen.add(index % len(names))
         else:
-            close = difflib.get_close_matches(item, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"unknown layer group {item!r}{hint}")
+            problems.append(f"unknown layer group {item!r}{did_you_mean(item, names)}")
     if problems:
         raise ConfigError("; ".join(problems) + f"; layer groups are: {', '.join(names)}")
     return sorted(chosen)
@@ -292,18 +291,15 @@ def select_groups(groups: Sequence[LayerGroup], spec: str | Sequence[str]) -> li
 def format_groups(groups: Sequence[LayerGroup]) -> str:
     """A plain-text table: index, name, parameters, % of total, cumulative % counted from the head."""
     total = sum(g.num_params for g in groups) or 1
-    width = max([len("name")] + [len(g.name) for g in groups])
-    lines = [f"{'idx':>3}  {'name':<{width}}  {'params':>12}  {'%':>6}  {'cum% from head':>14}"]
     from_head = 0
     cumulative = []
     for g in reversed(groups):
         from_head += g.num_params
         cumulative.append(from_head)
     cumulative.reverse()
-    for i, (g, cum) in enumerate(zip(groups, cumulative, strict=True)):
-        lines.append(
-            f"{i:>3}  {g.name:<{width}}  {g.num_params:>12,}  {100 * g.num_params / total:>5.1f}%"
-            f"  {100 * cum / total:>13.1f}%"
-        )
-    lines.append(f"{'':>3}  {'total':<{width}}  {total if groups else 0:>12,}")
-    return "\n".join(lines)
+    rows: list[list[str]] = [
+        [str(i), g.name, count(g.num_params), pct(g.num_params / total), pct(cum / total)]
+        for i, (g, cum) in enumerate(zip(groups, cumulative, strict=True))
+    ]
+    rows.append(["", "total", count(total if groups else 0)])
+    return table(["idx", "name", "params", "%", "cum% from head"], rows, align="rlrrr")

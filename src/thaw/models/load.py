@@ -5,8 +5,8 @@ Sources, in the order ``load_model`` considers them:
 1. ``weights=FILE`` (``.safetensors``, or ``.pth/.pt/.bin/.ckpt`` loaded with ``weights_only=True``) or a timm
    model folder (``config.json`` + ``model.safetensors``, e.g. a previous thaw export).
 2. ``random_init=True``: timm's initialisation, only when asked for.
-3. A built-in offline model (``thaw.models.builtin.BUILTIN_MODELS``, e.g. ``efficientnet_lite0``): never uses the
-   network.
+3. A built-in offline model (``thaw.models.builtin.BUILTIN_MODELS``: ``efficientnet_lite0``, ``efficientnet_lite1``,
+   ``efficientnet_lite2``): never uses the network.
 4. Any other timm name: pretrained weights from the Hugging Face Hub (or its local cache).
 
 There is no silent fallback to random weights: when the chosen source fails, ``ModelError`` says what to do.
@@ -14,7 +14,6 @@ There is no silent fallback to random weights: when the chosen source fails, ``M
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import torch
 
 from thaw.errors import ModelError
 from thaw.models.builtin import BUILTIN_MODELS, builtin_state_dict
+from thaw.names import did_you_mean
 
 __all__ = ["LoadedModel", "load_model"]
 
@@ -60,11 +60,8 @@ def _check_name(name: str) -> None:
 
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or name in BUILTIN_MODELS or timm.is_model(name):
         return
-    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-    hint = (
-        f"; did you mean {', '.join(close)}?"
-        if close
-        else "; list them with `python -c 'import timm; print(timm.list_models())'`"
+    hint = did_you_mean(name, [*BUILTIN_MODELS, *timm.list_models()], n=3) or (
+        "; list them with `python -c 'import timm; print(timm.list_models())'`"
     )
     raise ModelError(f"unknown model {name!r}: not a timm architecture{hint}")
 
@@ -345,7 +342,7 @@ def load_model(
 
     Args:
         name: timm architecture (``resnet18``), pretrained tag (``resnet18.a1_in1k``), ``hf-hub:org/repo``, or
-            a built-in offline model (``efficientnet_lite0``).
+            a built-in offline model (``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``).
         num_classes: number of outputs of the classifier.
         weights: a weights file or a timm model folder to initialise from.
         pretrained: False is the same as ``random_init=True``; None loads pretrained weights (built-in offline ones

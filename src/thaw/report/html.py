@@ -14,11 +14,9 @@ Example:
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
@@ -30,14 +28,17 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from thaw.errors import CheckpointError, ThawError
+from thaw.jsonio import atomic_write_text
 from thaw.report.metrics import compute_metrics
 from thaw.report.plots import group_order, plot_confusion, plot_curves, plot_heatmap, plot_reliability, plot_timeline
+from thaw.rundir import REPORT, RunDir
+from thaw.textfmt import as_number, duration, fixed, pct, sig
 
 __all__ = ["write_report", "REPORT_NAME", "THUMBNAIL_SIZE", "MAX_TOP_LOSSES"]
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
+REPORT_NAME = REPORT
 #: Longest side of a top-losses thumbnail, in pixels.
 THUMBNAIL_SIZE = 96
 #: How many of the most confidently wrong images the gallery shows.
@@ -85,43 +86,7 @@ window.addEventListener("load", function () {
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# reading the run directory
-
-
-def _read_json(path: Path) -> Any:
-    """Parsed JSON of ``path``, or None when the file does not exist."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"cannot read {path}: {exc}; delete or repair the file and run `thaw report` again"
-        ) from exc
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """JSON objects of a JSONL file (empty when absent); an unparsable line (a run killed mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    rows: list[dict[str, Any]] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(
-            f"cannot read {path}: {exc}; delete or repair the file and run `thaw report` again"
-        ) from exc
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            logger.warning("skipping unparsable line %d of %s", number, path)
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+# tolerant access to JSON values (the files are read by thaw.rundir)
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -136,38 +101,24 @@ def _list(value: Any) -> list[Any]:
 # formatting
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
+_DASH = "\u2014"  # what a missing or non-finite number shows as
+_num = as_number
 
 
 def _pct(value: Any) -> str:
-    v = _num(value)
-    return "\u2014" if v is None else f"{100 * v:.2f}%"
+    return pct(value, 2, missing=_DASH)
 
 
 def _float(value: Any, digits: int = 4) -> str:
-    v = _num(value)
-    return "\u2014" if v is None else f"{v:.{digits}f}"
+    return fixed(value, digits, missing=_DASH)
 
 
 def _lr(value: Any) -> str:
-    v = _num(value)
-    return "\u2014" if v is None else f"{v:.3g}"
+    return sig(value, 3, missing=_DASH)
 
 
 def _duration(value: Any) -> str:
-    v = _num(value)
-    if v is None:
-        return "\u2014"
-    if v < 60:
-        return f"{v:.1f} s"
-    minutes, seconds = divmod(int(round(v)), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    return duration(value, missing=_DASH)
 
 
 def _text(value: Any) -> str:
@@ -322,6 +273,39 @@ def _phases_html(summary: Mapping[str, Any]) -> str:
     ]
     return "<h3>Phases</h3>" + _table(
         ["#", "name", "trainable groups", "epochs", "lr", "best val", "reason"], rows, numeric=(0, 3, 4, 5)
+    )
+
+
+def _race_html(summary: Mapping[str, Any]) -> str:
+    """auto's race: each candidate with its rung, what it cost, what it scored and why it was kept or dropped."""
+    phases = [p for p in _list(summary.get("phases")) if isinstance(p, dict)]
+    candidates = [p for p in phases if _mapping(p.get("signals")).get("role") == "candidate"]
+    final = next((p for p in phases if _mapping(p.get("signals")).get("role") == "final"), None)
+    if not candidates:
+        return ""
+    verdicts = _mapping(_mapping(final.get("signals")).get("race")) if final else {}
+    winner = _mapping(final.get("signals")).get("recipe") if final else None
+    rows = []
+    for p in candidates:
+        recipe = _mapping(p.get("signals")).get("recipe")
+        verdict = _mapping(verdicts.get(str(p.get("index"))))
+        outcome = "won: trained for the rest of the budget" if recipe == winner else _text(verdict.get("verdict"))
+        rows.append(
+            (
+                _text(recipe),
+                ", ".join(escape(str(g)) for g in _list(p.get("trainable_groups"))),
+                _duration(p.get("planned_seconds")),
+                _duration(p.get("seconds")),
+                _text(p.get("epochs")),
+                _pct(p.get("selected_val_accuracy")),
+                _float(p.get("selected_val_loss")),
+                outcome,
+            )
+        )
+    return "<h3>The race</h3>" + _table(
+        ["candidate", "trainable groups", "rung", "spent", "epochs", "val acc", "val loss", "outcome"],
+        rows,
+        numeric=(2, 3, 4, 5, 6),
     )
 
 
@@ -509,15 +493,16 @@ def write_report(run_dir: Path | str) -> Path:
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass the folder `thaw fit` wrote (runs/NAME)")
-    summary = _mapping(_read_json(run / "summary.json"))
-    rows = _read_jsonl(run / "metrics.jsonl")
+    rd = RunDir(run)
+    summary = rd.read_summary()
+    rows = rd.read_metrics()
     if not summary and not rows:
         raise CheckpointError(
             f"{run} holds neither summary.json nor metrics.jsonl; pass a run directory written by `thaw fit`"
         )
-    audit = _mapping(_read_json(run / "audit.json"))
-    predictions = _read_jsonl(run / "predictions.jsonl")
-    eval_json = _read_json(run / "eval.json")
+    audit = rd.read_audit()
+    predictions = rd.read_predictions()
+    eval_json = rd.read_eval()
     notes: list[str] = []
 
     classes = [str(c) for c in _list(summary.get("classes"))]
@@ -527,7 +512,7 @@ def write_report(run_dir: Path | str) -> Path:
         classes = list(_mapping(audit.get("classes")))
     metrics, eval_split = _evaluation_metrics(eval_json, predictions, classes, notes)
 
-    plots = run / "plots"
+    plots = rd.plots_dir
     phase_names = {
         p.get("index"): str(p["name"]) for p in _list(summary.get("phases")) if isinstance(p, dict) and p.get("name")
     }
@@ -562,6 +547,7 @@ def write_report(run_dir: Path | str) -> Path:
             "Thaw timeline",
             (_plot_img(timeline, "trainable layer groups per epoch") or _note("No phases to draw."))
             + _phases_html(summary)
+            + _race_html(summary)
             + _decisions_html(summary),
         ),
         ("heatmaps", "Per-group drift and gradients", heat_body),
@@ -590,16 +576,6 @@ def write_report(run_dir: Path | str) -> Path:
         + "\n".join(_section(a, t, b) for a, t, b in sections)
         + f"\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
-    out = run / REPORT_NAME
-    # Written to a temporary file and renamed, so a viewer never sees half a report.
-    fd, tmp = tempfile.mkstemp(dir=run, prefix=".report.", suffix=".html")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a report is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    out = atomic_write_text(rd.report_html, page)  # a viewer never sees half a report
     logger.info("wrote %s (%d KiB)", out, len(page) // 1024)
     return out

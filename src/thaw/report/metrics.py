@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from thaw.errors import DataError
+from thaw.textfmt import count, fixed, table
 
 __all__ = ["compute_metrics", "expected_calibration_error", "format_metrics_table"]
 
@@ -149,15 +150,13 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
         A multi-line string: a summary line, then one row per class.
     """
     lines = [
-        f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
-        f"ECE {metrics['ece']:.4f}   NLL {metrics.get('nll', float('nan')):.4f}   "
+        f"accuracy {fixed(metrics['accuracy'], 4)}   macro-F1 {fixed(metrics['macro_f1'], 4)}   "
+        f"ECE {fixed(metrics['ece'], 4)}   NLL {fixed(metrics.get('nll'), 4)}   "
         f"images {metrics.get('num_images', '?')}"
     ]
-    rows = metrics.get("per_class", [])
-    width = max([len("class")] + [len(str(r["class"])) for r in rows])
-    lines.append(f"{'class':<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}")
-    for r in rows:
-        lines.append(
-            f"{r['class']:<{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  {r['f1']:>9.4f}  {r['support']:>7d}"
-        )
+    rows = [
+        [str(r["class"]), fixed(r["precision"], 4), fixed(r["recall"], 4), fixed(r["f1"], 4), count(r["support"])]
+        for r in metrics.get("per_class", [])
+    ]
+    lines.append(table(["class", "precision", "recall", "f1", "support"], rows))
     return "\n".join(lines)

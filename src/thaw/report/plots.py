@@ -275,20 +275,29 @@ def plot_heatmap(
     if np.isnan(values).all():
         return None
     title = {"group_drift": "relative L2 distance from pretrained weights", "grad_norm": "relative gradient norm"}
-    fig = Figure(figsize=(min(16.0, 3.5 + 0.35 * len(rows)), min(12.0, 1.6 + 0.32 * len(order))), layout="constrained")
-    ax = fig.add_subplot(1, 1, 1)
+    # the new head starts at zero, so its relative values are ~1e12 and would flatten every backbone group to the
+    # bottom of a shared colour scale: the head gets a panel and a scale of its own
+    head = groups[-1] if groups and groups[-1] in order and len(order) > 1 else None
+    panels = [[g for g in order if g != head], [head]] if head is not None else [order]
+    heights = [len(p) for p in panels]
+    fig = Figure(figsize=(min(16.0, 3.5 + 0.35 * len(rows)), min(12.0, 2.0 + 0.32 * len(order))), layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     # matplotlib.colormaps hands out a copy, so setting the 'bad' colour leaves the global registry untouched.
     cmap = colormaps["viridis"].with_extremes(bad="#f2f2f2")
-    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", origin="lower", interpolation="nearest", cmap=cmap)
-    fig.colorbar(image, ax=ax, shrink=0.9)
-    ax.set_yticks(range(len(order)), order, fontsize=8)
     epochs = [int(r["epoch"]) for r in rows]
     step = max(1, math.ceil(len(epochs) / 30))
-    ax.set_xticks(range(0, len(epochs), step), [str(e) for e in epochs][::step], fontsize=8)
-    ax.set_xlabel("epoch")
-    ax.set_title(title.get(key, key), fontsize=10)
     spans = _phase_spans([{"epoch": i, "phase": r.get("phase")} for i, r in enumerate(rows)])
-    _mark_phases(ax, spans, {}, label=False)
+    for ax, names in zip(axes, panels, strict=True):
+        block = values[[order.index(g) for g in names]]
+        image = ax.imshow(np.ma.masked_invalid(block), aspect="auto", origin="lower", interpolation="nearest", cmap=cmap)
+        fig.colorbar(image, ax=ax, shrink=0.9)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        _mark_phases(ax, spans, {}, label=False)
+    axes[-1].set_xticks(range(0, len(epochs), step), [str(e) for e in epochs][::step], fontsize=8)
+    axes[-1].set_xlabel("epoch")
+    axes[0].set_title(
+        title.get(key, key) + (" (the head on its own scale: it starts at zero)" if head is not None else ""), fontsize=10
+    )
     return _save(fig, path)
 
 

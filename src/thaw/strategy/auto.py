@@ -1,267 +1,332 @@
-"""``auto``: decide each phase from what the previous ones measured.
+"""``auto``: spend the budget on what the measurements say.
 
-The plan is deepening with validation as the judge, the shape that LP-FT and surgical fine-tuning results point to:
+1. **Probe.** Train the new head on frozen features (cached: about one forward pass). It measures how far the
+   pretrained features get on their own, is the bar fine-tuning must clear, and is the head every later phase starts
+   from (LP-FT, Kumar et al. 2022).
+2. **Race.** Candidates compared on short rungs of equal wall-clock cost, all from the probe's weights: the upper
+   third of the backbone (``partial``) and every group (``full``). Exploration takes ``EXPLORE_SHARE`` of the
+   budget, so it cannot starve the winner.
+3. **Choose with the noise known.** A candidate is dropped only when it is worse than the leader beyond the noise
+   of the comparison: a paired bootstrap over the validation images of the accuracy difference (95 %, one-sided).
+   When the accuracies are within noise, the lower validation loss (paired, per image) decides: it moves in smaller
+   steps than accuracy on a few images. Every comparison is recorded with its numbers.
+4. **Exploit.** The winner trains again from the probe's weights for the rest of the budget, its cosine schedule
+   sized in optimizer steps from the measured epoch cost so that it anneals to zero within the budget (no early
+   stop: on a few validation images it ends runs before the learning rate has annealed). The best weights on
+   validation across all phases are the result, and a last epoch within noise of them wins the tie.
+5. **Refit** (``--refit``): the winner's recipe trains on training + validation images for as many epochs as its
+   validated run took; the budget is split between the two, and the summary says that nothing is held out.
 
-1. **Probe.** Train the new head on frozen features (cached, so it costs about one forward pass). It measures how far
-   the pretrained features get on their own, sets the bar that fine-tuning must clear, and gives the gradient signal
-   a trained head to measure with.
-2. **Partial.** Thaw the groups the gradient signal ranks highest (relative gradient norm ||g||/||theta|| per group
-   with the probed head, Auto-RGN): about half of the backbone.
-3. **Everything, measured.** Then thaw every group, budget permitting, whatever the partial phase scored: a gain
-   says fine-tuning pays, a difference inside the noise margin (two validation images) decides nothing, and a clear
-   drop says the chosen groups did not help, not that thawing everything cannot. The best weights on validation
-   across phases are the result (roll back), so a deeper phase that does not pay costs only time.
-4. **Repeat and average, if the budget allows.** With ``--time-budget`` time left over, the phase that won is run
-   again from its own starting weights (new data order and augmentation), and the runs' weights are averaged unless
-   validation shows the average clearly worse (uniform model soup, Wortsman et al. 2022): one model, lower variance
-   than any single run.
-
-Where a fine-tuning phase starts is measured too: from the pretrained weights with a fresh (zero) head when the phase
-holding the best weights has fit its training set (train accuracy >= ``FIT_ACCURACY``), since fine-tuning from such
-weights starts with little gradient left; otherwise from the best weights so far (LP-FT after the probe, continued
-deepening after the partial phase), which reaches more in few epochs. Measured on fashion10 (3 seeds, 180 s), where
-the probe and the partial phase fit 100 training images: LP-FT 0.715 against 0.727 from a zero head, and the earlier
-``auto`` that always continued 0.712. ``_start`` has the numbers for the other case.
-
-Thawed backbone groups all get ``--backbone-lr-scale`` (times ``--layer-decay`` when set); the gradient signal
-chooses groups but no longer scales their learning rates, which slowed the backbone (scales 0.13-0.5 of the head's)
-in the same runs.
-
-Every decision is recorded with the numbers it came from (``Phase.signals`` and ``reason``), and phase lengths are
-sized to the wall-clock budget from measured throughput.
+Without ``--time-budget`` auto chooses one from the data and the measured cost of an epoch (``_default_budget``),
+and says so in its first decision.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from thaw.config import phase_patience
-from thaw.strategy.base import Phase, PhaseResult, PlanContext, min_gain
+import numpy as np
+
+from thaw.strategy.base import (
+    Candidates,
+    Decision,
+    Measurements,
+    Phase,
+    PhaseResult,
+    PlanContext,
+    Refit,
+    Step,
+    StepResult,
+    phase_results,
+)
 from thaw.strategy.fixed import lr_scales, probe_phase
 
-__all__ = ["AutoStrategy", "min_gain"]
+__all__ = ["AutoStrategy", "compare_paired", "choose", "EXPLORE_SHARE"]
 
-#: Repeats of the deciding phase that a time budget may buy for a weight soup (so at most 3 ingredients).
-MAX_REPEATS = 2
+#: Share of the training budget the race takes (both rungs together); the winner gets the rest.
+EXPLORE_SHARE = 0.3
+#: Confidence of "worse beyond noise" in the paired bootstrap (one-sided).
+CONFIDENCE = 0.95
+#: Bootstrap resamples of the validation set.
+RESAMPLES = 2000
+#: Upper bound on the epochs of a phase whose length the clock sets.
+MAX_EPOCHS = 100_000
+#: Without --time-budget: the winner's run is planned for this many epochs ...
+DEFAULT_EPOCHS = 40
+#: ... and at least this many optimizer steps (a few hundred images make short epochs) ...
+DEFAULT_STEPS = 600
+#: ... within these bounds on the whole budget, in seconds.
+DEFAULT_BUDGET_BOUNDS = (60.0, 3600.0)
 
-#: Training accuracy (last epoch) at which a phase counts as having fit its training set: fine-tuning from its weights
-#: would start with little gradient left, so the next phase starts from the pretrained weights instead.
-FIT_ACCURACY = 0.95
+
+@dataclass(frozen=True)
+class Comparison:
+    """A paired comparison of two phases' selected weights on the same validation images."""
+
+    accuracy_diff: float
+    """leader minus other."""
+    accuracy_lower: float
+    """One-sided lower bound of the accuracy difference (``CONFIDENCE``)."""
+    loss_diff: float
+    """other minus leader (positive: the leader's loss is lower)."""
+    loss_lower: float
+
+    @property
+    def beyond_noise(self) -> bool:
+        return self.accuracy_lower > 0
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "accuracy_diff": self.accuracy_diff,
+            "accuracy_diff_lower_bound": self.accuracy_lower,
+            "loss_diff": self.loss_diff,
+            "loss_diff_lower_bound": self.loss_lower,
+        }
 
 
-def _best_phase(history: Sequence[PhaseResult]) -> PhaseResult | None:
-    """The phase holding the best weights: the last one that improved on everything before it."""
-    return next((r for r in reversed(history) if r.best_epoch > 0), None)
-
-
-def _start(history: Sequence[PhaseResult]) -> tuple[bool, str]:
-    """Where the next fine-tuning phase starts: (from_pretrained, why), judged on the phase holding the best weights.
-
-    Measured both ways: after a probe that fit 100 training images (fashion10, train accuracy 1.0), fine-tuning from
-    its head scored 0.715 on test against 0.727 from a fresh head (3 seeds). After a probe that did not (the embedded
-    sample at 64 px, 6 epochs per phase, train accuracy 0.86; one run each), the partial phase reached val 0.675 from a
-    fresh head and 0.695 from the probe's head, and the full phase after it, continuing from the probe's head (LP-FT),
-    val 0.79 against 0.765 for `full` from a fresh head.
-    """
-    best = _best_phase(history) or history[-1]
-    train = best.last_train_accuracy
-    if train >= FIT_ACCURACY:
-        return True, (
-            f"from the pretrained weights with a fresh head: {best.phase.name} fit its training set (train accuracy "
-            f"{train:.3f} >= {FIT_ACCURACY}), which leaves little gradient to learn from"
-        )
-    return False, (
-        f"continuing from the best weights so far ({best.phase.name}, train accuracy {train:.3f} < {FIT_ACCURACY}: "
-        "there is still gradient to learn from)"
+def compare_paired(leader: PhaseResult, other: PhaseResult, seed: int = 0) -> Comparison:
+    """Paired bootstrap of the validation accuracy and loss differences between two phases' selected weights."""
+    a, b = np.asarray(leader.val_correct, dtype=float), np.asarray(other.val_correct, dtype=float)
+    la, lb = np.asarray(leader.val_nll, dtype=float), np.asarray(other.val_nll, dtype=float)
+    n = len(a)
+    if n == 0 or len(b) != n:
+        return Comparison(math.nan, -math.inf, math.nan, -math.inf)
+    idx = np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n))
+    acc = (a - b)[idx].mean(axis=1)
+    loss = (lb - la)[idx].mean(axis=1)
+    q = 1 - CONFIDENCE
+    return Comparison(
+        float((a - b).mean()), float(np.quantile(acc, q)), float((lb - la).mean()), float(np.quantile(loss, q))
     )
+
+
+def choose(results: Sequence[PhaseResult], seed: int = 0) -> tuple[PhaseResult, dict[int, dict[str, Any]]]:
+    """The winner of a race and, per other candidate, the comparison and the verdict.
+
+    The leader by accuracy is compared with each other candidate; when none is worse beyond noise, the race is decided
+    by validation loss among those within noise of the leader.
+    """
+    leader = max(results, key=lambda r: (r.selected_val_accuracy, -r.selected_val_loss))
+    verdicts: dict[int, dict[str, Any]] = {}
+    tied = [leader]
+    for r in results:
+        if r is leader:
+            continue
+        c = compare_paired(leader, r, seed)
+        verdicts[r.index] = {**c.to_dict(), "beyond_noise": c.beyond_noise}
+        if not c.beyond_noise:
+            tied.append(r)
+    winner = min(tied, key=lambda r: r.selected_val_loss) if len(tied) > 1 else leader
+    for r in results:
+        if r is winner:
+            continue
+        v = verdicts.setdefault(r.index, {**compare_paired(winner, r, seed).to_dict(), "beyond_noise": False})
+        v["verdict"] = (
+            f"dropped: val accuracy {r.selected_val_accuracy:.4f} is below {leader.selected_val_accuracy:.4f} "
+            f"beyond noise (lower bound of the difference {v['accuracy_diff_lower_bound']:+.4f} > 0)"
+            if v["beyond_noise"]
+            else f"dropped on validation loss: accuracy within noise ({r.selected_val_accuracy:.4f} vs "
+            f"{winner.selected_val_accuracy:.4f}), loss {r.selected_val_loss:.4f} vs {winner.selected_val_loss:.4f}"
+        )
+    return winner, verdicts
 
 
 @dataclass
 class AutoStrategy:
     name: str = "auto"
-    stop_reason: str = ""
-    stop_signals: dict[str, Any] = field(default_factory=dict)
 
-    def _epochs(self, ctx: PlanContext, history: Sequence[PhaseResult], share: float, cost: float) -> int:
-        """Epochs for the next phase: the config's, cut to ``share`` of the budget left at ``cost`` s/epoch."""
-        epochs = ctx.config.epochs
-        if ctx.seconds_left is not None and cost > 0:
-            epochs = min(epochs, int(ctx.seconds_left * share / cost))
-        return epochs
+    def needs(self, history: Sequence[StepResult]) -> Measurements:
+        """After the probe, the cost of a fine-tuning epoch sizes the race (and the budget when none is given). A
+        probe on cached features measured it for free (its forward pass); only an uncached probe asks."""
+        probe = phase_results(history)[:1]
+        return Measurements(epoch_seconds=len(history) == 1 and not probe[0].setup_seconds)
 
-    def next_phase(self, ctx: PlanContext, history: Sequence[PhaseResult]) -> Phase | None:
-        if history and history[-1].phase.restart_from is not None:
-            return self._repeat(ctx, history)
-        phase = self._plan(ctx, history)
-        if phase is None and history:
-            return self._repeat(ctx, history)
-        return phase
+    @staticmethod
+    def _epoch_seconds(ctx: PlanContext, probe: PhaseResult) -> float:
+        """Seconds of a fine-tuning epoch of every group: measured, or from the probe's forward pass over the
+        training and validation images, a backward pass costing about twice a forward one."""
+        if ctx.signals.epoch_seconds:
+            return ctx.signals.epoch_seconds
+        n, v = ctx.num_train, ctx.num_val
+        if probe.setup_seconds and n + v:
+            return probe.setup_seconds * (3 * n + v) / (n + v)
+        return probe.seconds / max(probe.epochs_run, 1)
 
-    def _repeat(self, ctx: PlanContext, history: Sequence[PhaseResult]) -> Phase | None:
-        """Once thawing is decided, spend budget that would go unused on repeats of the phase that won.
-
-        Each repeat starts from that phase's starting weights with a fresh data order and augmentation; the runner
-        then averages the runs' weights unless validation shows the average clearly worse (uniform soup). Only with
-        a time budget: without one, repeats would multiply the run time unasked.
-        """
-        last = history[-1]
-        if last.phase.restart_from is not None:
-            family = last.phase.restart_from
-        else:
-            winner = _best_phase(history)
-            if winner is None:
-                return None
-            family = winner.index
-        base = history[family]
-        if ctx.seconds_left is None or not base.phase.ingredient or base.best_epoch == 0:
-            return None
-        repeats = [r for r in history if r.phase.restart_from == family]
-        if len(repeats) >= MAX_REPEATS:
-            return None
-        cost = max(r.seconds for r in [base, *repeats])
-        # a quarter more than the slowest run so far: the final evaluation and export must still fit
-        if ctx.seconds_left < 1.25 * cost:
-            return None
-        n = len(repeats) + 1
-        return replace(
-            base.phase,
-            name=f"{base.phase.name}-repeat{n}",
-            restart_from=family,
-            reason=f"auto: {ctx.seconds_left:.0f}s of the budget left, {base.phase.name} took {cost:.0f}s: repeat it "
-            f"from its starting weights with a new data order (run {n + 1} of up to {MAX_REPEATS + 1}) and average "
-            "the runs' weights unless validation shows the average clearly worse (uniform soup)",
-            signals={
-                "seconds_left": ctx.seconds_left,
-                "phase_seconds": cost,
-                "base_val_accuracy": base.best_val_accuracy,
-            },
-        )
-
-    def _plan(self, ctx: PlanContext, history: Sequence[PhaseResult]) -> Phase | None:
-        cfg = ctx.config
-        names = [g.name for g in ctx.groups]
-        head = ctx.head
-        backbone = list(range(head))
-        per_class = ctx.num_train / max(ctx.num_classes, 1)
-        num_val = int(ctx.signals.get("num_val", 0))
-        rgn: Mapping[str, float] = ctx.signals.get("rgn", {})
-
-        if not history:
-            return probe_phase(
-                ctx,
-                f"auto: probe first ({per_class:.0f} images/class): cheap on cached features, "
-                "measures the pretrained features, and gives the gradient signal a trained head to measure with",
+    # ------------------------------------------------------------------ plan
+    def next_step(self, ctx: PlanContext, history: Sequence[StepResult]) -> Step | None:
+        phases = phase_results(history)
+        if not phases:
+            return replace(
+                probe_phase(
+                    ctx,
+                    f"auto: probe first ({ctx.num_train / max(ctx.num_classes, 1):.0f} images/class): cheap on cached "
+                    "features; it measures the pretrained features and is the head fine-tuning starts from",
+                ),
+                keep=True,
             )
-
-        last = history[-1]
-        best_before = max(
-            (r.best_val_accuracy for r in history[:-1] if math.isfinite(r.best_val_accuracy)), default=-math.inf
-        )
-        gap = last.last_train_accuracy - last.best_val_accuracy
-        sig = {
-            "best_val_accuracy": last.best_val_accuracy,
-            "train_accuracy": last.last_train_accuracy,
-            "train_val_gap": gap,
-            "images_per_class": per_class,
-        }
-
-        if len(history) == 1:
-            # choose which groups to thaw first: the higher half of the backbone by relative gradient norm
-            count = max(1, math.ceil(len(backbone) / 2))
-            if rgn:
-                ranked = sorted(backbone, key=lambda g: rgn.get(names[g], 0.0), reverse=True)
-                chosen = sorted(ranked[:count])
-                why = "highest relative gradient norms " + ", ".join(
-                    f"{names[g]}={rgn.get(names[g], 0):.2e}" for g in chosen
-                )
-            else:
-                chosen = backbone[-count:]
-                why = "no gradient signal measured: the groups nearest the head"
-            # a partial phase costs roughly the probe's forward pass per image plus a backward over the thawed part
-            cost = ctx.signals.get("full_epoch_seconds", 0.0) * 0.75
-            epochs = self._epochs(ctx, history, 0.35, cost)
-            if epochs < 1:
-                self.stop_reason, self.stop_signals = "time budget too small for a fine-tuning epoch", sig
-                return None
-            trainable = tuple(sorted([*chosen, head]))
-            fresh, start = _start(history)
-            return Phase(
-                name="auto-partial",
-                trainable=trainable,
-                epochs=epochs,
-                lr=cfg.lr,
-                lr_scales=lr_scales(trainable, head, cfg),
-                bn_policy=cfg.bn,
-                augment=cfg.augment,
-                patience=phase_patience(cfg, epochs),
-                signals={**sig, "rgn": dict(rgn), "estimated_epoch_seconds": cost},
-                ingredient=True,
-                from_pretrained=fresh,
-                reason=f"auto: thaw {len(chosen)} of {len(backbone)} backbone groups ({why}), {start}; the probe "
-                f"(val {last.best_val_accuracy:.4f}) is the bar to clear",
+        race = [p for p in phases if p.phase.signals.get("role") == "candidate"]
+        final = [p for p in phases if p.phase.signals.get("role") == "final"]
+        if not final:
+            planned = self._race(ctx, phases[0], race)
+            if planned is not None and len(race) < len(planned.phases):
+                if not race and ctx.seconds_left is not None and ctx.seconds_left <= 0:
+                    return None
+                return replace(planned, phases=planned.phases[len(race) :])
+            return self._final(ctx, phases, race)
+        if ctx.config.refit and not any(p.phase.refit for p in phases) and final[0].epochs_run > 0:
+            f = final[0]
+            return Refit(
+                replace(
+                    f.phase,
+                    name=f"{f.phase.name}-refit",
+                    epochs=f.epochs_run,
+                    seconds=None,
+                    signals={"role": "refit", "epochs": f.epochs_run, "steps_of_validated_run": f.steps},
+                    reason=f"auto --refit: {f.phase.name}'s recipe on training + validation images for the "
+                    f"{f.epochs_run} epochs its validated run took; no validation is held out for this model",
+                ),
+                reason="--refit",
             )
-
-        if len(history) == 2:
-            gain = last.best_val_accuracy - best_before
-            need = min_gain(num_val)
-            sig.update(gain_over_probe=gain, min_gain=need)
-            # Thawing everything is measured whatever the partial phase scored, budget permitting: the best weights on
-            # validation across phases stay the result, so the deeper phase costs only time. A gain inside the noise
-            # margin decides nothing, and a clear drop says that the chosen groups did not help, not that thawing
-            # cannot: on the embedded sample (64 px, 6 epochs) thawing stem..blocks.2 fell to val 0.695 from the
-            # probe's 0.72, while thawing everything reached 0.765 (test 0.773). Nor is the train/val gap evidence on
-            # few images: every phase fits 100 training images, yet on fashion10 thawing everything after a partial
-            # phase with a 0.21 gap gained another +0.03.
-            if gain >= need:
-                verdict = f"gained {gain:+.4f} over the probe (>= {need:.4f})"
-            elif gain > -need:
-                verdict = f"is within the noise margin of the probe ({gain:+.4f}, margin {need:.4f})"
-            else:
-                verdict = (
-                    f"fell {gain:+.4f} below the probe (margin {need:.4f}): the chosen groups did not help, which does "
-                    "not show that thawing everything cannot"
-                )
-            cost = ctx.signals.get("full_epoch_seconds", 0.0)
-            epochs = self._epochs(ctx, history, 1.0, cost)
-            if epochs < 1:
-                self.stop_reason, self.stop_signals = "time budget spent before a full fine-tuning epoch", sig
-                return None
-            fresh, start = _start(history)
-            return Phase(
-                name="auto-full",
-                trainable=tuple(range(head + 1)),
-                epochs=epochs,
-                lr=cfg.lr,
-                lr_scales=lr_scales(range(head + 1), head, cfg),
-                bn_policy=cfg.bn,
-                augment=cfg.augment,
-                patience=phase_patience(cfg, epochs),
-                signals={**sig, "estimated_epoch_seconds": cost},
-                ingredient=True,
-                from_pretrained=fresh,
-                reason=f"auto: the partial phase {verdict} (train/val gap {gap:.3f}): thaw every group, {start}; "
-                "the best weights on validation across phases are the result",
-            )
-        self.stop_reason = "every group has been thawed"
-        self.stop_signals = sig
         return None
 
-    def decisions(self, history: Sequence[PhaseResult]) -> list[dict[str, Any]]:
-        """What was decided at each phase boundary, and why, for summary.json."""
-        out: list[dict[str, Any]] = [
-            {
-                "phase": r.index,
-                "decision": f"run {r.phase.name}",
-                "reason": r.phase.reason,
-                "signals": dict(r.phase.signals),
-            }
-            for r in history
-        ]
-        if self.stop_reason:
-            out.append(
-                {"phase": len(history), "decision": "stop", "reason": self.stop_reason, "signals": self.stop_signals}
+    def _budget(self, ctx: PlanContext, probe: PhaseResult) -> tuple[float, str]:
+        """Seconds for training after the probe, and where that number came from."""
+        if ctx.budget_seconds is not None:
+            left = ctx.seconds_left if ctx.seconds_left is not None else ctx.budget_seconds
+            return left, f"{left:.0f}s of the --time-budget left after the probe"
+        epoch = self._epoch_seconds(ctx, probe)
+        spe = max(1, math.ceil(ctx.num_train / ctx.config.batch_size))
+        epochs = max(DEFAULT_EPOCHS, math.ceil(DEFAULT_STEPS / spe))
+        lo, hi = DEFAULT_BUDGET_BOUNDS
+        seconds = min(hi, max(lo, epochs * epoch / (1 - EXPLORE_SHARE)))
+        return seconds, (
+            f"no --time-budget: {seconds:.0f}s chosen for {epochs} epochs of the winner ({ctx.num_train} images, "
+            f"{spe} steps per epoch, {epoch:.1f}s per fine-tuning epoch measured) plus the race"
+        )
+
+    def _race(self, ctx: PlanContext, probe: PhaseResult, done: Sequence[PhaseResult]) -> Candidates | None:
+        """The race after the probe; once it has started, the rung length its first candidate was given."""
+        budget, source = self._budget(ctx, probe)
+        head = ctx.head
+        backbone = list(range(head))
+        rung = float(done[0].phase.signals["rung_seconds"]) if done else EXPLORE_SHARE * budget / 2
+        epoch = 0.0 if done else self._epoch_seconds(ctx, probe)
+        recipes = {
+            "partial": tuple(sorted([*backbone[-max(1, math.ceil(len(backbone) / 3)) :], head])),
+            "full": tuple(range(head + 1)),
+        }
+        if epoch and rung < epoch:
+            return None  # too little time to learn anything from a rung: the final run takes the budget
+        names = [g.name for g in ctx.groups]
+        phases = tuple(
+            self._phase(
+                ctx,
+                f"race-{name}",
+                trainable,
+                rung,
+                {"role": "candidate", "recipe": name, "budget_source": source, "rung_seconds": rung},
+                f"auto race: {name} ({', '.join(names[i] for i in trainable)}) for {rung:.0f}s from the probe's "
+                f"weights; {source}",
             )
+            for name, trainable in recipes.items()
+        )
+        return Candidates(
+            phases, reason=f"equal-cost rungs of {rung:.0f}s each ({EXPLORE_SHARE:.0%} of {budget:.0f}s in all)"
+        )
+
+    def _phase(
+        self,
+        ctx: PlanContext,
+        name: str,
+        trainable: tuple[int, ...],
+        seconds: float,
+        signals: dict[str, Any],
+        reason: str,
+    ) -> Phase:
+        cfg = ctx.config
+        return Phase(
+            name=name,
+            trainable=trainable,
+            epochs=MAX_EPOCHS,
+            lr=cfg.lr,
+            lr_scales=lr_scales(trainable, ctx.head, cfg),
+            bn_policy=cfg.bn,
+            augment=cfg.augment,
+            patience=0,
+            start="phase:0",
+            seconds=seconds,
+            signals=signals,
+            reason=reason,
+        )
+
+    def _final(self, ctx: PlanContext, phases: Sequence[PhaseResult], race: Sequence[PhaseResult]) -> Phase | None:
+        probe = phases[0]
+        if ctx.seconds_left is not None and ctx.seconds_left <= 0:
+            return None
+        if race:
+            winner, verdicts = choose(race, ctx.config.seed)
+            recipe = str(winner.phase.signals["recipe"])
+            trainable = winner.phase.trainable
+            why = f"{recipe} won the race (val {winner.selected_val_accuracy:.4f}, loss {winner.selected_val_loss:.4f})"
+            signals: dict[str, Any] = {
+                "role": "final",
+                "recipe": recipe,
+                "race": {str(k): v for k, v in verdicts.items()},
+            }
+        else:
+            recipe, trainable = "full", tuple(range(ctx.head + 1))
+            why = "no race (a rung would be shorter than one epoch): every group trains"
+            signals = {"role": "final", "recipe": recipe}
+        if ctx.budget_seconds is not None:
+            seconds = ctx.seconds_left if ctx.seconds_left is not None else ctx.budget_seconds
+        else:
+            seconds = self._budget(ctx, probe)[0] * (1 - EXPLORE_SHARE)
+        if ctx.config.refit:
+            seconds /= 2  # the refit on training + validation images needs as long again
+        signals["planned_seconds"] = seconds
+        return self._phase(
+            ctx,
+            f"auto-{recipe}",
+            trainable,
+            seconds,
+            signals,
+            f"auto: {why}; it trains again from the probe's weights for {seconds:.0f}s, the schedule sized to end "
+            "within it",
+        )
+
+    # ------------------------------------------------------------------ explain
+    def decisions(self, history: Sequence[StepResult]) -> list[Decision]:
+        """What was decided at each step, and why, with its numbers (summary.json ``decisions``)."""
+        out: list[Decision] = []
+        for r in phase_results(history):
+            sig = dict(r.phase.signals)
+            sig.update(
+                seconds_spent=r.seconds,
+                epochs=r.epochs_run,
+                steps=r.steps,
+                selected_val_accuracy=r.selected_val_accuracy,
+                selected_val_loss=r.selected_val_loss,
+            )
+            out.append(Decision(r.index, f"run {r.phase.name}", r.phase.reason, sig))
+        phases = phase_results(history)
+        race = [p for p in phases if p.phase.signals.get("role") == "candidate"]
+        spent = sum(p.seconds for p in race) + (phases[0].seconds if phases else 0.0)
+        total = sum(p.seconds for p in phases)
+        out.append(
+            Decision(
+                len(history),
+                "stop",
+                "auto: the race was decided and the winner trained for the budget"
+                if race
+                else "auto: the budget allowed no race",
+                {
+                    "exploration_seconds": spent,
+                    "training_seconds": total,
+                    "exploration_share": spent / total if total else 0.0,
+                },
+            )
+        )
         return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from thaw.config import FitConfig, phase_patience
 from thaw.models.groups import select_groups
-from thaw.strategy.base import Phase, PhaseResult, PlanContext
+from thaw.strategy.base import Decision, Measurements, Phase, PlanContext, Step, StepResult
 
 __all__ = ["FixedStrategy", "plan_fixed", "lr_scales", "probe_phase"]
 
@@ -111,6 +111,13 @@ class FixedStrategy:
 
     name: str
 
-    def next_phase(self, ctx: PlanContext, history: Sequence[PhaseResult]) -> Phase | None:
+    def needs(self, history: Sequence[StepResult]) -> Measurements:
+        return Measurements()
+
+    def next_step(self, ctx: PlanContext, history: Sequence[StepResult]) -> Step | None:
         phases = plan_fixed(self.name, ctx)
         return phases[len(history)] if len(history) < len(phases) else None
+
+    def decisions(self, history: Sequence[StepResult]) -> list[Decision]:
+        """A fixed plan decides nothing from measurements: its phases' reasons say what they are."""
+        return []

@@ -1,29 +1,57 @@
-"""Strategy names -> strategy objects."""
+"""Strategy names -> strategy factories: the one list of strategy names (config, compare and the CLI read it)."""
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from thaw.config import STRATEGIES
 from thaw.errors import ConfigError
-from thaw.strategy.base import Strategy
-from thaw.strategy.fixed import FixedStrategy
+from thaw.names import did_you_mean
 
-__all__ = ["make_strategy"]
+if TYPE_CHECKING:  # base imports config, which imports this module for the names
+    from thaw.strategy.base import Strategy
+
+__all__ = ["STRATEGIES", "make_strategy"]
+
+
+def _fixed(name: str) -> Callable[[], Strategy]:
+    def make() -> Strategy:
+        from thaw.strategy.fixed import FixedStrategy
+
+        return FixedStrategy(name)
+
+    return make
+
+
+def _auto() -> Strategy:
+    from thaw.strategy.auto import AutoStrategy  # lazily: it pulls in the signal code
+
+    return AutoStrategy()
+
+
+_REGISTRY: dict[str, Callable[[], Strategy]] = {
+    "linear": _fixed("linear"),
+    "last-k": _fixed("last-k"),
+    "full": _fixed("full"),
+    "groups": _fixed("groups"),
+    "gradual": _fixed("gradual"),
+    "lp-ft": _fixed("lp-ft"),
+    "auto": _auto,
+}
+
+#: Every strategy name, in the order the help text lists them.
+STRATEGIES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def make_strategy(name: str) -> Strategy:
     """The strategy registered under ``name``.
 
     Raises:
-        ConfigError: unknown name, with a suggestion.
+        ConfigError: unknown name, with a suggestion (reached by API callers that skip FitConfig's validation).
     """
-    if name == "auto":
-        from thaw.strategy.auto import AutoStrategy  # imported lazily: it pulls in the signal code
-
-        return AutoStrategy()
-    if name in STRATEGIES:
-        return FixedStrategy(name)
-    close = difflib.get_close_matches(name, STRATEGIES, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"unknown strategy '{name}'{hint}; choose one of {', '.join(STRATEGIES)}")
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise ConfigError(
+            f"unknown strategy '{name}'{did_you_mean(name, STRATEGIES)}; choose one of {', '.join(STRATEGIES)}"
+        ) from None

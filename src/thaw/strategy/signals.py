@@ -29,6 +29,7 @@ from torch import nn
 
 from thaw.data.transforms import normalize
 from thaw.models.groups import LayerGroup, module_groups
+from thaw.train.loop import relative_grad_norm, weight_drift
 
 __all__ = [
     "logme",
@@ -357,13 +358,6 @@ def _group_params(model: nn.Module, groups: Sequence[LayerGroup]) -> list[tuple[
     return [(g.name, [params[p] for p in g.param_names if p in params]) for g in groups]
 
 
-def _norm(tensors: Iterable[torch.Tensor]) -> float:
-    total = 0.0
-    for t in tensors:
-        total += float(t.detach().double().pow(2).sum())
-    return math.sqrt(total)
-
-
 def relative_grad_norms(
     model: nn.Module,
     groups: Sequence[LayerGroup],
@@ -404,9 +398,7 @@ def relative_grad_norms(
                 loss = loss_fn(model(inputs), targets)
                 loss.backward()  # type: ignore[no-untyped-call]
             for name, ps in grouped:
-                weight = _norm(ps)
-                grad = _norm(p.grad for p in ps if p.grad is not None)
-                sums[name] += grad / weight if weight > 0 else 0.0
+                sums[name] += relative_grad_norm(ps) or 0.0
             for p in model.parameters():
                 p.grad = None
             count += 1
@@ -419,29 +411,3 @@ def relative_grad_norms(
     if count == 0:
         raise ValueError("relative_grad_norms needs at least one minibatch")
     return {name: total / count for name, total in sums.items()}
-
-
-def weight_drift(
-    model: nn.Module, initial_state: Mapping[str, torch.Tensor], groups: Sequence[LayerGroup]
-) -> dict[str, float]:
-    """How far each layer group moved from its initial weights: ||theta - theta0|| / ||theta0||.
-
-    Args:
-        model: the model now.
-        initial_state: parameter name -> initial tensor (e.g. a copy of ``model.state_dict()`` before training);
-            parameters missing from it are ignored.
-        groups: ``layer_groups(model)``.
-
-    Returns:
-        Group name -> relative drift; a group whose initial weights are all zero gets 0.0 when unchanged and
-        ``inf`` otherwise.
-    """
-    params = dict(model.named_parameters())
-    out: dict[str, float] = {}
-    for g in groups:
-        names = [p for p in g.param_names if p in params and p in initial_state]
-        with torch.no_grad():
-            diff = _norm(params[p].detach().cpu().double() - initial_state[p].detach().cpu().double() for p in names)
-            base = _norm(initial_state[p] for p in names)
-        out[g.name] = diff / base if base > 0 else (0.0 if diff == 0 else math.inf)
-    return out

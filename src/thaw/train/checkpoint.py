@@ -45,6 +45,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Not thaw.jsonio.atomic_write_bytes: that replaces one file, while a checkpoint is several files that must change
+# together (weights, optimizer state and state.json of the same epoch). They are written plainly into a fresh
+# directory and the directory as a whole is swapped in below, with ``last.prev`` as the fallback.
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)

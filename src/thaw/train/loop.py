@@ -9,14 +9,28 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EpochStats", "NonFiniteLossError", "train_epoch", "evaluate", "autocast", "WarmupCosine"]
+if TYPE_CHECKING:
+    from thaw.models.groups import LayerGroup
+
+__all__ = [
+    "EpochStats",
+    "NonFiniteLossError",
+    "train_epoch",
+    "evaluate",
+    "autocast",
+    "WarmupCosine",
+    "relative_grad_norm",
+    "weight_drift",
+    "tensor_batches",
+]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -32,6 +46,8 @@ class EpochStats:
     images: int
     seconds: float
     grad_norm: dict[int, float] = field(default_factory=dict)
+    steps: int = 0
+    """Optimizer steps taken (training only)."""
     """Mean relative gradient norm ||g|| / ||theta|| per layer group index (training only)."""
 
     @property
@@ -63,6 +79,43 @@ class WarmupCosine:
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def relative_grad_norm(params: Sequence[nn.Parameter]) -> float | None:
+    """||g|| / ||theta|| over ``params`` (None when none has a gradient): the relative gradient norm of a layer group
+    (Auto-RGN, Lee et al. 2023), shared by the training loop's metrics and ``strategy.signals``."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    gnorm = torch.nn.utils.get_total_norm(grads)
+    pnorm = torch.nn.utils.get_total_norm([p.detach() for p in params])
+    return float(gnorm / pnorm.clamp_min(1e-12))
+
+
+def weight_drift(
+    model: nn.Module, initial_state: Mapping[str, torch.Tensor], groups: Sequence[LayerGroup]
+) -> dict[str, float]:
+    """How far each layer group moved from its initial weights: ||theta - theta0|| / ||theta0||.
+
+    Args:
+        model: the model now.
+        initial_state: parameter name -> initial tensor (e.g. a copy of ``model.state_dict()`` before training);
+            parameters missing from it are ignored.
+        groups: ``layer_groups(model)``.
+
+    Returns:
+        Group name -> relative drift; a group whose initial weights are all zero gets 0.0 when unchanged and
+        ``inf`` otherwise.
+    """
+    params = dict(model.named_parameters())
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for g in groups:
+            names = [p for p in g.param_names if p in params and p in initial_state]
+            diff = math.sqrt(sum(float((params[p].double() - initial_state[p].double()).pow(2).sum()) for p in names))
+            base = math.sqrt(sum(float(initial_state[p].double().pow(2).sum()) for p in names))
+            out[g.name] = diff / base if base > 0 else (0.0 if diff == 0 else math.inf)
+    return out
 
 
 def train_epoch(
@@ -108,11 +161,9 @@ def train_epoch(
         objective.backward()  # type: ignore[no-untyped-call]
         if grad_groups:
             for g, params in grad_groups.items():
-                grads = [p.grad for p in params if p.grad is not None]
-                if grads:
-                    gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                    pnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in params])))
-                    grad_sums[g] = grad_sums.get(g, 0.0) + float(gnorm / pnorm.clamp_min(1e-12))
+                ratio = relative_grad_norm(params)
+                if ratio is not None:
+                    grad_sums[g] = grad_sums.get(g, 0.0) + ratio
         optimizer.step()
         scheduler.step()
         steps += 1
@@ -129,6 +180,7 @@ def train_epoch(
         images=seen,
         seconds=seconds,
         grad_norm={g: s / max(steps, 1) for g, s in grad_sums.items()},
+        steps=steps,
     )
 
 

@@ -159,3 +159,35 @@ def test_csv_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_bytes(b"path,label\ncaf\xe9.png,x\n")
     with pytest.raises(DataError, match="not UTF-8"):
         scan(tmp_path / "m.csv")
+
+
+def test_find_images_and_predict_follow_the_scanner_rules(corpus: Corpus, tmp_path: Path) -> None:
+    """`thaw predict FOLDER` finds exactly what `thaw fit` finds in a class folder, and skips the rest alike."""
+    from thaw.data.sources import find_images
+    from thaw.inference import collect_images
+
+    good = corpus.train / "good"
+    scanned = scan(corpus.train)
+    in_good = [s.path for s in scanned.samples if s.label == scanned.classes.index("good")]
+    skipped_in_good = [s for s in scanned.skipped if s.path.startswith(str(good) + os.sep)]
+
+    samples, skipped = find_images(good)
+    assert [s.path for s in samples] == in_good and {s.label for s in samples} == {0}
+    assert skipped == skipped_in_good
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert "hidden file" in reasons[".DS_Store"] and "symlink loop" in reasons["loop"]
+    assert "broken symlink" in reasons["dangling.jpg"] and "unsupported extension" in reasons["readme.txt"]
+
+    (good / "__MACOSX").mkdir()
+    save_image(good / "__MACOSX" / "ghost.png")  # archive debris: not data, as in scan
+    (good / ".cache").mkdir()
+    save_image(good / ".cache" / "thumb.png")
+    linked = tmp_path / "linked"
+    linked.symlink_to(good, target_is_directory=True)  # a linked folder is followed
+    files, passed_over = collect_images([linked, tmp_path / "nope.jpg", good / "plain0.jpg"])
+    found = [os.path.relpath(f, linked) for f in files[:-1]]
+    assert found == [os.path.relpath(p, good) for p in in_good]
+    assert files[-1] == str(good / "plain0.jpg")  # a file named explicitly is taken as given
+    assert not any("ghost" in f or "thumb" in f for f in files)
+    assert Skipped(str(tmp_path / "nope.jpg"), "file not found") in passed_over
+    assert len(passed_over) == len(skipped_in_good) + 1

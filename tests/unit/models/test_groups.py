@@ -128,7 +128,13 @@ def test_format_groups() -> None:
     groups = [LayerGroup("stem", ("a",), 10), LayerGroup("body", ("b",), 60), LayerGroup("head", ("c",), 30)]
     lines = format_groups(groups).splitlines()
     assert lines[0].split() == ["idx", "name", "params", "%", "cum%", "from", "head"]
-    assert lines[1].split() == ["0", "stem", "10", "10.0%", "100.0%"]
-    assert lines[2].split() == ["1", "body", "60", "60.0%", "90.0%"]
-    assert lines[3].split() == ["2", "head", "30", "30.0%", "30.0%"]
-    assert lines[4].split() == ["total", "100"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[2].split() == ["0", "stem", "10", "10.0%", "100.0%"]
+    assert lines[3].split() == ["1", "body", "60", "60.0%", "90.0%"]
+    assert lines[4].split() == ["2", "head", "30", "30.0%", "30.0%"]
+    assert lines[5].split() == ["total", "100"]
+    # numbers right-aligned under their header, names left-aligned
+    assert lines[2].index("stem") == lines[0].index("name") and lines[2].endswith("100.0%")
+    assert len(lines[0]) == len(lines[2]) and lines[0].endswith("cum% from head")
+    big = format_groups([LayerGroup("blocks.0", ("a",), 1_234_567), LayerGroup("head", ("b",), 1000)])
+    assert "1,234,567" in big and big.splitlines()[-1].split() == ["total", "1,235,567"]

@@ -32,7 +32,7 @@ def _logits(loaded: LoadedModel) -> torch.Tensor:
 
 
 def test_unknown_name_suggests_close_ones() -> None:
-    with pytest.raises(ModelError, match="did you mean resnet18"):
+    with pytest.raises(ModelError, match="did you mean .resnet18."):
         load_model("resnet181", 3)
 
 

@@ -101,7 +101,9 @@ def test_format_metrics_table_is_aligned() -> None:
     text = format_metrics_table(m)
     lines = text.splitlines()
     assert lines[0].startswith("accuracy 0.6667") and "macro-F1" in lines[0] and "ECE" in lines[0]
-    table = lines[1:]
-    assert [line.split()[0] for line in table] == ["class", "cat", "dog", "a"]
-    assert len({len(line) for line in table}) == 1  # every row the same width
-    assert table[3].startswith("a long class ")
+    header, rule, *rows = lines[1:]
+    assert header.split() == ["class", "precision", "recall", "f1", "support"] and set(rule.replace(" ", "")) == {"-"}
+    assert [line.split()[0] for line in rows] == ["cat", "dog", "a"]
+    assert len({len(line) for line in [header, rule, *rows]}) == 1  # every row the same width
+    assert rows[2].startswith("a long class ") and rows[2].split()[-1] == "1"  # support of the third class
+    assert rows[1].split()[1:4] == ["0.5000", "1.0000", "0.6667"]  # dog: precision 1/2, recall 1, F1 2/3

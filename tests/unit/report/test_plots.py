@@ -89,13 +89,22 @@ def test_confusion_and_reliability(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     probs = rng.dirichlet([1, 1, 1], size=50)
     m = compute_metrics(rng.integers(0, 3, 50), probs, CLASSES)
-    assert plot_confusion(m, tmp_path / "cm.png") is not None
-    assert plot_reliability(m, tmp_path / "rel.png") is not None
+    labels = np.arange(30) % 3
+    perfect = compute_metrics(labels, np.eye(3)[labels], CLASSES)
+    random_cm = plot_confusion(m, tmp_path / "cm.png")
+    perfect_cm = plot_confusion(perfect, tmp_path / "perfect.png")
+    assert random_cm == tmp_path / "cm.png" and perfect_cm == tmp_path / "perfect.png"
+    # Blues at rate 1.0: the three diagonal cells of perfect predictions; random ones reach it only in the colour bar
+    darkest = (0x08, 0x30, 0x6B)
+    assert count_color(pixels(perfect_cm), darkest) > count_color(pixels(random_cm), darkest) + 1000
+    rel = plot_reliability(m, tmp_path / "rel.png")
+    assert rel == tmp_path / "rel.png" and pixels(rel).std() > 10
     assert plot_confusion({}, tmp_path / "none.png") is None
     assert plot_reliability({}, tmp_path / "none.png") is None
     # Many classes: no per-cell annotations, still a valid image.
     big = compute_metrics(rng.integers(0, 60, 300), rng.dirichlet(np.ones(60), size=300), [f"c{i}" for i in range(60)])
-    assert plot_confusion(big, tmp_path / "big.png") is not None
+    big_cm = plot_confusion(big, tmp_path / "big.png")
+    assert big_cm == tmp_path / "big.png" and pixels(big_cm).std() > 10
 
 
 def test_plotting_does_not_touch_pyplot(tmp_path: Path) -> None:

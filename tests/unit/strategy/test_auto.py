@@ -1,177 +1,183 @@
-"""The auto planner's decisions on measured numbers (no model runs here: the history is synthetic)."""
+"""The auto planner's decisions on measured numbers (no model runs here: the histories are synthetic)."""
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import pytest
 import timm
 
 from thaw.config import FitConfig
 from thaw.models.groups import layer_groups
-from thaw.strategy.auto import FIT_ACCURACY, AutoStrategy, min_gain
-from thaw.strategy.base import Phase, PhaseResult, PlanContext
+from thaw.strategy.auto import EXPLORE_SHARE, AutoStrategy, choose, compare_paired
+from thaw.strategy.base import Candidates, Phase, PhaseResult, PlanContext, Refit, Signals, StepResult
 
 
-def _ctx(seconds_left: float | None = None, **signals: object) -> PlanContext:
+def _ctx(
+    seconds_left: float | None = 170.0, budget: float | None = 180.0, epoch: float = 2.0, **cfg: object
+) -> PlanContext:
     model = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
-    cfg = FitConfig.from_dict({"train": "x", "strategy": "auto", "epochs": 10})
+    config = FitConfig.from_dict({"train": "x", "strategy": "auto", **cfg})
     return PlanContext(
-        config=cfg,
+        config=config,
         groups=tuple(layer_groups(model)),
         num_train=300,
         num_classes=3,
+        num_val=100,
         seconds_left=seconds_left,
-        signals={"num_val": 100, **signals},
+        budget_seconds=budget,
+        signals=Signals(epoch_seconds=epoch),
     )
 
 
-def _result(index: int, phase: Phase, val: float, train: float) -> PhaseResult:
-    return PhaseResult(index, phase, phase.epochs, 1, val, 1.0, 0.5, train, 10.0, 100.0)
+def _result(
+    index: int, phase: Phase, correct: list[int], nll: float = 0.5, epochs: int = 5, seconds: float = 20.0
+) -> PhaseResult:
+    acc = sum(correct) / len(correct)
+    return PhaseResult(
+        index,
+        phase,
+        epochs,
+        epochs,
+        acc,
+        nll,
+        0.3,
+        0.9,
+        seconds,
+        100.0,
+        steps=epochs * 5,
+        selected_val_accuracy=acc,
+        selected_val_loss=nll,
+        val_correct=correct,
+        val_nll=[nll] * len(correct),
+    )
 
 
-def _probe_then_partial(ctx: PlanContext, probe_val: float, probe_train: float) -> tuple[list[PhaseResult], Phase]:
-    """The probe's result and the partial phase auto plans from it."""
+def _probe(ctx: PlanContext) -> tuple[AutoStrategy, list[StepResult]]:
     auto = AutoStrategy()
-    probe = auto.next_phase(ctx, [])
-    assert probe is not None
-    history = [_result(0, probe, probe_val, probe_train)]
-    partial = auto.next_phase(ctx, history)
-    assert partial is not None
-    return history, partial
+    probe = auto.next_step(ctx, [])
+    assert isinstance(probe, Phase)
+    return auto, [_result(0, probe, [1] * 70 + [0] * 30, nll=0.9, seconds=3.0)]
 
 
-def test_starts_with_a_cached_probe() -> None:
-    phase = AutoStrategy().next_phase(_ctx(), [])
-    assert phase is not None and phase.name == "linear-probe" and phase.augment == "none"
+def test_starts_with_a_cached_probe_whose_weights_are_kept() -> None:
+    phase = AutoStrategy().next_step(_ctx(), [])
+    assert isinstance(phase, Phase) and phase.name == "linear-probe" and phase.augment == "none" and phase.keep
+    assert AutoStrategy().needs([]).epoch_seconds is False
 
 
-def test_partial_phase_thaws_the_groups_with_the_highest_gradient_signal() -> None:
-    ctx = _ctx()
-    names = [g.name for g in ctx.groups]
-    rgn = {n: float(i) for i, n in enumerate(reversed(names))}  # earlier groups get larger signals
-    ctx = _ctx(rgn=rgn)
-    auto = AutoStrategy()
-    probe = auto.next_phase(ctx, [])
-    assert probe is not None
-    partial = auto.next_phase(ctx, [_result(0, probe, 0.70, 0.9)])
-    assert partial is not None and partial.name == "auto-partial"
-    thawed = [names[i] for i in partial.trainable]
-    backbone = len(names) - 1
-    assert thawed[-1] == "head" and len(thawed) - 1 == math.ceil(backbone / 2)
-    assert thawed[0] == "stem"  # the largest signal
-    assert partial.signals["rgn"] == rgn
-    # the signal picks the groups; every thawed backbone group gets the same scale
-    assert set(partial.lr_scales.values()) == {ctx.config.backbone_lr_scale}
-    assert partial.ingredient
+def test_after_the_probe_it_races_partial_and_full_on_equal_cost_rungs_from_the_probe() -> None:
+    ctx = _ctx(seconds_left=170.0)
+    auto, history = _probe(ctx)
+    assert auto.needs(history).epoch_seconds  # the race is sized from the measured epoch cost
+    race = auto.next_step(ctx, history)
+    assert isinstance(race, Candidates)
+    partial, full = race.phases
+    head = ctx.head
+    assert full.trainable == tuple(range(head + 1)) and head in partial.trainable and 0 not in partial.trainable
+    rung = EXPLORE_SHARE * 170.0 / 2
+    for p in race.phases:
+        assert p.start == "phase:0" and p.seconds == pytest.approx(rung) and p.patience == 0
+        assert p.signals["role"] == "candidate"
+    assert sum(p.seconds or 0 for p in race.phases) == pytest.approx(EXPLORE_SHARE * 170.0)
 
 
-def test_thaws_everything_whatever_the_partial_phase_scored() -> None:
-    ctx = _ctx()
-    h, partial = _probe_then_partial(ctx, 0.70, 0.9)
-    gain = min_gain(100)
-    for val, word in ((0.70 + 2 * gain, "gained"), (0.70 + gain / 2, "noise margin"), (0.70 - gain, "fell")):
-        full = AutoStrategy().next_phase(ctx, [*h, _result(1, partial, val, 0.8)])
-        assert full is not None and full.trainable == tuple(range(len(ctx.groups)))
-        assert set(full.lr_scales.values()) == {ctx.config.backbone_lr_scale}
-        assert word in full.reason and full.signals["gain_over_probe"] == pytest.approx(val - 0.70)
-    # only the budget stops it
-    tight = _ctx(seconds_left=1.0, full_epoch_seconds=10.0)
-    stop = AutoStrategy()
-    assert stop.next_phase(tight, [*h, _result(1, partial, 0.70 - gain, 0.8)]) is None
-    assert "budget" in stop.stop_reason
-    decisions = stop.decisions([*h, _result(1, partial, 0.70 - gain, 0.8)])
-    assert decisions[-1]["decision"] == "stop" and decisions[-1]["signals"]["gain_over_probe"] == pytest.approx(-gain)
+def test_a_race_cut_by_an_interruption_continues_with_the_remaining_candidate_at_the_same_rung() -> None:
+    ctx = _ctx(seconds_left=170.0)
+    auto, history = _probe(ctx)
+    race = auto.next_step(ctx, history)
+    assert isinstance(race, Candidates)
+    history.append(_result(1, race.phases[0], [1] * 75 + [0] * 25))
+    rest = auto.next_step(replace(ctx, seconds_left=120.0, signals=Signals()), history)
+    assert isinstance(rest, Candidates) and [p.name for p in rest.phases] == [race.phases[1].name]
+    assert rest.phases[0].seconds == race.phases[1].seconds
 
 
-def test_repeats_go_to_the_phase_holding_the_best_weights() -> None:
-    ctx = _ctx(seconds_left=1000.0)
-    auto = AutoStrategy()
-    history, partial = _probe_then_partial(ctx, 0.70, 1.0)
-    history.append(_result(1, partial, 0.80, 1.0))
-    full = auto.next_phase(ctx, history)
-    assert full is not None
-    history.append(PhaseResult(2, full, full.epochs, 0, 0.75, 1.0, 0.5, 1.0, 10.0, 100.0))  # did not beat partial
-    repeat = auto.next_phase(ctx, history)
-    assert repeat is not None and repeat.restart_from == 1 and repeat.name == "auto-partial-repeat1"
+def test_no_race_when_a_rung_is_shorter_than_an_epoch_the_final_run_takes_the_budget() -> None:
+    ctx = _ctx(seconds_left=20.0, epoch=10.0)  # rung 3s < 10s per epoch
+    auto, history = _probe(ctx)
+    final = auto.next_step(ctx, history)
+    assert isinstance(final, Phase) and final.name == "auto-full" and final.seconds == pytest.approx(20.0)
+    assert final.start == "phase:0" and final.patience == 0 and final.epochs > 10_000
 
 
-def test_a_large_train_val_gap_alone_does_not_stop_thawing() -> None:
-    ctx = _ctx()
-    auto = AutoStrategy()
-    probe = auto.next_phase(ctx, [])
-    assert probe is not None
-    partial = auto.next_phase(ctx, [_result(0, probe, 0.60, 0.7)])
-    assert partial is not None
-    need = min_gain(100)
-    full = auto.next_phase(ctx, [_result(0, probe, 0.60, 0.7), _result(1, partial, 0.60 + 1.5 * need, 1.0)])
-    assert full is not None and full.signals["train_val_gap"] == pytest.approx(1.0 - 0.60 - 1.5 * need)
+def test_a_candidate_worse_beyond_noise_is_dropped_and_the_winner_trains_for_the_rest_of_the_budget() -> None:
+    ctx = _ctx(seconds_left=170.0)
+    auto, history = _probe(ctx)
+    race = auto.next_step(ctx, history)
+    assert isinstance(race, Candidates)
+    history.append(_result(1, race.phases[0], [1] * 60 + [0] * 40, nll=0.6))  # partial
+    history.append(_result(2, race.phases[1], [1] * 85 + [0] * 15, nll=0.7))  # full: 25 images better
+    final = auto.next_step(replace(ctx, seconds_left=110.0, signals=Signals()), history)
+    assert isinstance(final, Phase) and final.name == "auto-full" and final.seconds == pytest.approx(110.0)
+    verdict = final.signals["race"]["1"]
+    assert verdict["beyond_noise"] and verdict["accuracy_diff"] == pytest.approx(0.25)
+    assert verdict["verdict"].startswith("dropped: val accuracy")
+    assert auto.next_step(replace(ctx, seconds_left=2.0), [*history, _result(3, final, [1] * 90 + [0] * 10)]) is None
 
 
-def test_time_budget_sizes_phases_from_measured_cost() -> None:
-    ctx = _ctx(seconds_left=100.0, full_epoch_seconds=10.0)
-    auto = AutoStrategy()
-    probe = auto.next_phase(ctx, [])
-    assert probe is not None
-    partial = auto.next_phase(ctx, [_result(0, probe, 0.7, 0.8)])
-    assert partial is not None and partial.epochs == int(100 * 0.35 / 7.5)
-    tiny = _ctx(seconds_left=1.0, full_epoch_seconds=10.0)
-    none = AutoStrategy()
-    assert none.next_phase(tiny, [_result(0, probe, 0.7, 0.8)]) is None
-    assert "budget" in none.stop_reason
+def test_within_noise_the_lower_validation_loss_decides() -> None:
+    phase = Phase("c", (0,), 1, 1e-3)
+    a = _result(1, replace(phase, name="a"), [1] * 80 + [0] * 20, nll=0.40)
+    b = _result(2, replace(phase, name="b"), [1] * 79 + [0] * 21, nll=0.55)  # one image less, clearly worse loss
+    c = _result(3, replace(phase, name="c"), [1] * 81 + [0] * 19, nll=0.60)  # one image more, worst loss
+    winner, verdicts = choose([a, b, c])
+    assert winner is a
+    assert not verdicts[2]["beyond_noise"] and not verdicts[3]["beyond_noise"]
+    assert "validation loss" in verdicts[3]["verdict"]
 
 
-def _through_full(auto: AutoStrategy, ctx: PlanContext) -> list[PhaseResult]:
-    probe = auto.next_phase(ctx, [])
-    assert probe is not None
-    history = [_result(0, probe, 0.70, 0.8)]
-    partial = auto.next_phase(ctx, history)
-    assert partial is not None and partial.ingredient
-    history.append(_result(1, partial, 0.80, 0.85))
-    full = auto.next_phase(ctx, history)
-    assert full is not None and full.name == "auto-full" and full.ingredient
-    history.append(_result(2, full, 0.85, 0.9))
-    return history
+def test_paired_bootstrap_sees_noise_and_a_real_difference() -> None:
+    phase = Phase("c", (0,), 1, 1e-3)
+    same = [1, 0] * 50
+    shifted = [0, 1] * 50  # same accuracy, every image different
+    assert not compare_paired(_result(1, phase, same), _result(2, phase, shifted)).beyond_noise
+    better = [1] * 90 + [0] * 10
+    worse = [1] * 70 + [0] * 30
+    c = compare_paired(_result(1, phase, better), _result(2, phase, worse))
+    assert c.beyond_noise and c.accuracy_diff == pytest.approx(0.2) and 0 < c.accuracy_lower < 0.2
 
 
-def test_leftover_budget_buys_repeats_of_the_winning_phase_for_a_soup() -> None:
-    ctx = _ctx(seconds_left=1000.0)
-    auto = AutoStrategy()
-    history = _through_full(auto, ctx)
-    for n in (1, 2):
-        repeat = auto.next_phase(ctx, history)
-        assert repeat is not None and repeat.restart_from == 2 and repeat.name == f"auto-full-repeat{n}"
-        assert repeat.trainable == history[2].phase.trainable and "uniform soup" in repeat.reason
-        history.append(_result(len(history), repeat, 0.84, 0.9))
-    assert auto.next_phase(ctx, history) is None  # at most two repeats
+def test_refit_splits_the_budget_and_retrains_the_winner_for_its_measured_epochs() -> None:
+    ctx = _ctx(seconds_left=20.0, epoch=10.0, refit=True)
+    auto, history = _probe(ctx)
+    final = auto.next_step(ctx, history)
+    assert isinstance(final, Phase) and final.seconds == pytest.approx(10.0)  # half: the refit needs as long again
+    history.append(_result(1, final, [1] * 80 + [0] * 20, epochs=7))
+    refit = auto.next_step(replace(ctx, seconds_left=9.0, signals=Signals()), history)
+    assert isinstance(refit, Refit) and refit.phase.epochs == 7 and refit.phase.seconds is None
+    assert "no validation is held out" in refit.phase.reason
+    history.append(_result(2, replace(refit.phase, refit=True), [1] * 80 + [0] * 20, epochs=7))
+    assert auto.next_step(ctx, history) is None
 
 
-def test_no_repeats_without_a_budget_or_without_time_for_one() -> None:
-    auto = AutoStrategy()
-    history = _through_full(auto, _ctx())
-    assert auto.next_phase(_ctx(), history) is None
-    # the full phase took 10 s (see _result): 12 s left is not 1.25 x 10 s
-    assert auto.next_phase(_ctx(seconds_left=12.0), history) is None
-    assert auto.next_phase(_ctx(seconds_left=13.0), history) is not None
+def test_without_a_time_budget_auto_chooses_one_from_the_measured_epoch_cost_and_says_so() -> None:
+    ctx = _ctx(seconds_left=None, budget=None, epoch=2.0)
+    auto, history = _probe(ctx)
+    race = auto.next_step(ctx, history)
+    assert isinstance(race, Candidates)
+    # 300 images at batch 64: 5 steps per epoch, so 600 steps = 120 epochs of 2s, plus the race
+    chosen = 120 * 2.0 / (1 - EXPLORE_SHARE)
+    assert race.phases[0].seconds == pytest.approx(EXPLORE_SHARE * chosen / 2)
+    assert "no --time-budget" in race.phases[0].signals["budget_source"]
 
 
-def test_a_phase_that_fit_its_training_set_makes_the_next_start_from_pretrained() -> None:
-    ctx = _ctx()
-    probe = AutoStrategy().next_phase(ctx, [])
-    assert probe is not None
-    # the probe fit the training set: the partial phase starts from the pretrained weights with a fresh head
-    fitted = AutoStrategy().next_phase(ctx, [_result(0, probe, 0.70, 1.0)])
-    assert fitted is not None and fitted.from_pretrained and "fresh head" in fitted.reason
-    # it did not: continue from its head (LP-FT)
-    lpft = AutoStrategy().next_phase(ctx, [_result(0, probe, 0.70, 0.8)])
-    assert lpft is not None and not lpft.from_pretrained and "continuing" in lpft.reason
-    # the full phase is judged on the phase that holds the best weights
-    h = [_result(0, probe, 0.70, 1.0)]
-    assert fitted is not None
-    full = AutoStrategy().next_phase(ctx, [*h, _result(1, fitted, 0.80, 0.85)])
-    assert full is not None and not full.from_pretrained  # the partial phase is best and still has gradient
-    full = AutoStrategy().next_phase(ctx, [*h, _result(1, fitted, 0.80, FIT_ACCURACY)])
-    assert full is not None and full.from_pretrained
-    not_better = PhaseResult(1, fitted, fitted.epochs, 0, 0.69, 1.0, 0.5, 0.85, 10.0, 100.0)
-    full = AutoStrategy().next_phase(ctx, [*h, not_better])
-    assert full is not None and full.from_pretrained  # the probe still holds the best weights, and it fit
+def test_decisions_record_every_phase_and_the_share_of_time_spent_exploring() -> None:
+    ctx = _ctx(seconds_left=170.0)
+    auto, history = _probe(ctx)
+    race = auto.next_step(ctx, history)
+    assert isinstance(race, Candidates)
+    history += [_result(1, race.phases[0], [1] * 60 + [0] * 40), _result(2, race.phases[1], [1] * 85 + [0] * 15)]
+    final = auto.next_step(replace(ctx, seconds_left=110.0), history)
+    assert isinstance(final, Phase)
+    history.append(_result(3, final, [1] * 88 + [0] * 12, seconds=100.0))
+    decisions = auto.decisions(history)
+    assert [d.decision for d in decisions] == [
+        "run linear-probe",
+        "run race-partial",
+        "run race-full",
+        "run auto-full",
+        "stop",
+    ]
+    assert decisions[-1].signals["exploration_share"] == pytest.approx((3 + 20 + 20) / (3 + 20 + 20 + 100))
+    assert all(d.reason for d in decisions)

@@ -97,12 +97,12 @@ def test_layer_decay_scales_each_group_below_the_head() -> None:
 def test_fixed_strategy_hands_out_phases_in_order() -> None:
     ctx = _ctx(strategy="lp-ft")
     strat = make_strategy("lp-ft")
-    first = strat.next_phase(ctx, [])
+    first = strat.next_step(ctx, [])
     assert first is not None and first.name == "linear-probe"
     fake = PhaseResult(0, first, 1, 1, 0.5, 1.0, 1.0, 0.5, 1.0, 10.0)
-    second = strat.next_phase(ctx, [fake])
+    second = strat.next_step(ctx, [fake])
     assert second is not None and second.name == "fine-tune"
-    assert strat.next_phase(ctx, [fake, fake]) is None
+    assert strat.next_step(ctx, [fake, fake]) is None
 
 
 def test_unknown_strategy_suggests() -> None:

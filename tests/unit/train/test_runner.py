@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -12,7 +13,9 @@ from torch import nn
 from thaw.config import FitConfig
 from thaw.data.cache import DecodedImages
 from thaw.models.groups import layer_groups, module_groups
-from thaw.strategy.base import Phase
+from thaw.strategy.base import Average, AverageResult, Candidates, Phase, PhaseResult, Refit
+from thaw.train.budget import Budget
+from thaw.train.optim import build_optimizer, no_decay_params, param_groups
 from thaw.train.runner import Runner
 
 
@@ -26,15 +29,21 @@ def _data(n: int, classes: int = 3, size: int = 32, seed: int = 0) -> DecodedIma
     )
 
 
-def _runner(model_name: str = "test_efficientnet", **options: object) -> Runner:
+def _runner(
+    model_name: str = "test_efficientnet",
+    *,
+    train: DecodedImages | None = None,
+    val: DecodedImages | None = None,
+    **options: object,
+) -> Runner:
     torch.manual_seed(0)
     model = timm.create_model(model_name, pretrained=False, num_classes=3)
     cfg = FitConfig.from_dict({"train": "x", "batch_size": 8, "epochs": 2, **options})
     return Runner(
         model=model,
         groups=layer_groups(model),
-        train_data=_data(24),
-        val_data=_data(9, seed=1),
+        train_data=train if train is not None else _data(24),
+        val_data=val if val is not None else _data(9, seed=1),
         config=cfg,
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
@@ -94,7 +103,8 @@ def test_optimizer_covers_exactly_the_trainable_parameters_with_their_lr_scales(
     head = len(r.groups) - 1
     phase = Phase("p", trainable=(0, head), epochs=2, lr=1e-2, lr_scales={0: 0.1})
     r.apply_phase(phase)
-    opt, sched, _ = r.build_optimizer(phase, steps_per_epoch=3)
+    groups = param_groups(phase, r.groups, r.params, no_decay_params(r.model), 0.01)
+    opt, sched, _ = build_optimizer(r.config, phase, groups, total_steps=6, steps_per_epoch=3)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     expected = {
         id(p)
@@ -111,100 +121,149 @@ def test_optimizer_covers_exactly_the_trainable_parameters_with_their_lr_scales(
     assert all(p.ndim <= 1 for g in no_decay for p in g["params"])
 
 
-def test_cached_linear_phase_matches_uncached() -> None:
-    """A head-only phase on cached features gives the same metrics as the full forward pass."""
-    head_phase = lambda: Phase("probe", trainable=(head,), epochs=2, lr=1e-2, augment="none", patience=0)  # noqa: E731
-    results = []
-    for cached in (True, False):
-        r = _runner(label_smoothing=0.0)
-        head = len(r.groups) - 1
-        if not cached:
-            r._cacheable = lambda phase: False  # type: ignore[method-assign]
-        res = r.run_phase(0, head_phase(), [])
-        assert res.cached_features is cached
-        results.append(
-            (
-                res.best_val_accuracy,
-                res.best_val_loss,
-                res.last_train_loss,
-                r.model.get_classifier().weight.detach().clone(),
-            )
-        )
-    (a_acc, a_loss, a_tr, a_w), (b_acc, b_loss, b_tr, b_w) = results
-    assert a_acc == b_acc
-    torch.testing.assert_close(a_loss, b_loss, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(a_tr, b_tr, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(a_w, b_w, rtol=1e-4, atol=1e-5)
+def test_vit_position_embedding_and_class_token_take_no_weight_decay() -> None:
+    model = timm.create_model("test_vit", pretrained=False, num_classes=3)
+    skip = no_decay_params(model)
+    named = dict(model.named_parameters())
+    assert id(named["pos_embed"]) in skip and id(named["cls_token"]) in skip  # 3-d tensors, named by the model
+    assert id(named["blocks.0.attn.qkv.weight"]) not in skip
+    assert id(named["blocks.0.attn.qkv.bias"]) in skip
 
 
-def test_best_weights_are_restored_and_patience_stops_early() -> None:
-    r = _runner(patience=1)
-    head = len(r.groups) - 1
-    res = r.run_phase(0, Phase("p", trainable=tuple(range(head + 1)), epochs=6, lr=0.5, augment="none", patience=1), [])
-    assert res.epochs_run <= 6
-    if res.epochs_run < 6:
-        assert res.stopped == "early-stopped"
-    stats, _ = r.predict_logits(r.val_data)
-    assert stats.accuracy == r.best_val_accuracy
-
-
-def test_repeat_restarts_from_the_phase_start_and_weight_soup_averages_weights() -> None:
+def test_head_only_phase_trains_on_exact_cached_features() -> None:
     r = _runner(label_smoothing=0.0)
     head = len(r.groups) - 1
-    base = Phase("ft", trainable=(head - 1, head), epochs=2, lr=1e-2, augment="none", patience=0, ingredient=True)
-    start = {k: v.clone() for k, v in r.model.state_dict().items()}
-    r.run_phase(0, base, [])
-    first = {k: v.clone() for k, v in r._ingredients[0][0].items()}
-    repeat = replace(base, name="ft-repeat1", restart_from=0)
-    r.run_phase(1, repeat, [])
-    torch.testing.assert_close(r._phase_start[0], start)
-    second = r._ingredients[1][0]
-    w = "classifier.weight"
-    assert not torch.equal(first[w], second[w])  # a new data order gives a different run
-    best_before = r.best_val_accuracy
-    info = r.weight_soup([0, 1])
-    assert info is not None and info["members"] == [0, 1]
-    assert info["mean_ingredient_val_accuracy"] == pytest.approx((r._ingredients[0][1] + r._ingredients[1][1]) / 2)
-    n, p = len(r.val_data), info["mean_ingredient_val_accuracy"]
-    assert info["noise_margin"] == pytest.approx(max(2 / n, 0.005, 2 * (p * (1 - p) / n) ** 0.5))
-    expected = (
-        info["soup_val_accuracy"] >= info["mean_ingredient_val_accuracy"] - info["noise_margin"] - 1e-6
-        and info["soup_val_accuracy"] >= best_before - info["noise_margin"] - 1e-6
+    features = r.feed.pre_logits(r.model, r.val_data)
+    _, logits = r.predict_logits(r.val_data)
+    # the classifier on the cached features computes exactly what the whole network computes
+    with torch.no_grad():
+        torch.testing.assert_close(r.model.get_classifier()(features), logits, rtol=1e-4, atol=1e-5)
+    res = r.run_phase(0, Phase("probe", trainable=(head,), epochs=2, lr=1e-2, augment="none", patience=0), [])
+    assert res.cached_features and res.epochs_run == 2 and res.steps == 2 * 3  # 24 images, batch 8
+
+
+def test_patience_ends_a_phase_that_stops_improving() -> None:
+    r = _runner()
+    head = len(r.groups) - 1
+    # lr 0 and frozen statistics: every epoch scores exactly like the first, so patience 1 ends it after epoch 2
+    frozen = Phase("p", trainable=(head,), epochs=6, lr=0.0, augment="light", bn_policy="eval-all", patience=1)
+    res = r.run_phase(0, frozen, [])
+    assert res.stopped == "early-stopped" and res.epochs_run == 2
+
+
+def test_best_weights_are_restored_after_a_phase() -> None:
+    r = _runner()
+    head = len(r.groups) - 1
+    res = r.run_phase(0, Phase("p", trainable=tuple(range(head + 1)), epochs=4, lr=0.5, augment="none", patience=0), [])
+    assert res.epochs_run == 4
+    assert r.validation_score().accuracy == r.selection.best.accuracy
+    assert r.selection.best_where[0] == 0 and 1 <= r.selection.best_where[1] <= 4
+
+
+def _still(name: str, trainable: tuple[int, ...], **kw: object) -> Phase:
+    """A phase that changes nothing (lr 0, frozen statistics): its weights are its starting weights."""
+    return Phase(name, trainable, epochs=1, lr=0.0, augment="none", bn_policy="eval-all", patience=0, **kw)  # type: ignore[arg-type]
+
+
+def test_phase_starts_from_kept_weights_or_the_pretrained_ones() -> None:
+    r = _runner()
+    head = len(r.groups) - 1
+    initial = {k: v.clone() for k, v in r.model.state_dict().items()}
+    r.run_phase(0, Phase("probe", trainable=(head,), epochs=2, lr=1e-1, augment="none", patience=0, keep=True), [])
+    kept = r.selection.kept[0][0]
+    assert not torch.equal(kept["classifier.weight"], initial["classifier.weight"])
+    r.run_phase(1, _still("from-pretrained", (head,), start="pretrained", keep=True), [])
+    torch.testing.assert_close(r.selection.kept[1][0]["classifier.weight"], initial["classifier.weight"])
+    r.run_phase(2, _still("from-probe", (head,), start="phase:0", keep=True), [])
+    torch.testing.assert_close(r.selection.kept[2][0]["classifier.weight"], kept["classifier.weight"])
+
+
+def test_candidates_run_from_the_same_start_with_consecutive_indices() -> None:
+    r = _runner(label_smoothing=0.0)
+    head = len(r.groups) - 1
+    probe = Phase("probe", trainable=(head,), epochs=2, lr=1e-1, augment="none", patience=0, keep=True)
+    history = r.execute(probe, [])
+    race = Candidates(
+        (
+            Phase("a", (head - 1, head), epochs=2, lr=1e-2, augment="none", patience=0, start="phase:0", keep=True),
+            Phase("b", (head,), epochs=1, lr=1e-2, augment="none", patience=0, start="phase:0", keep=True),
+        )
     )
-    assert info["adopted"] == expected
-    if info["adopted"]:
+    results = r.execute(race, history)
+    assert [x.index for x in results] == [1, 2] and [x.phase.name for x in results] == ["a", "b"]
+    assert [x.epochs_run for x in results] == [2, 1]  # type: ignore[union-attr]
+    for res in results:
+        assert isinstance(res, PhaseResult)
+        assert len(res.val_correct) == len(r.val_data) and len(res.val_nll) == len(r.val_data)
+        assert res.selected_val_accuracy == pytest.approx(sum(res.val_correct) / len(r.val_data))
+
+
+def test_weight_soup_averages_kept_weights_and_is_vetoed_when_validation_collapses() -> None:
+    r = _runner(label_smoothing=0.0)
+    head = len(r.groups) - 1
+    base = Phase("ft", trainable=(head - 1, head), epochs=2, lr=1e-2, augment="none", patience=0, keep=True)
+    history = r.execute(base, [])
+    history += r.execute(replace(base, name="ft-again", start="pretrained"), history)
+    first, second = r.selection.kept[0][0], r.selection.kept[1][0]
+    w = "classifier.weight"
+    best_before = r.selection.best.accuracy
+    soup = r.execute(Average((0, 1)), history)[0]
+    assert isinstance(soup, AverageResult) and soup.index == 2 and soup.info["members"] == [0, 1]
+    n, p = len(r.val_data), soup.info["mean_ingredient_val_accuracy"]
+    assert soup.info["noise_margin"] == pytest.approx(max(2 / n, 0.005, 2 * (p * (1 - p) / n) ** 0.5))
+    expected = (
+        soup.info["soup_val_accuracy"] >= p - soup.info["noise_margin"] - 1e-6
+        and soup.info["soup_val_accuracy"] >= best_before - soup.info["noise_margin"] - 1e-6
+    )
+    assert soup.adopted == expected
+    if soup.adopted:
         torch.testing.assert_close(r.model.state_dict()[w], (first[w] + second[w]) / 2)
-        assert r.best_val_accuracy == info["soup_val_accuracy"]
-    assert r.weight_soup([0]) is None  # one ingredient is no soup
+    assert r.weight_soup([0], 3).info == {}  # one ingredient is no soup
 
 
 def test_weight_soup_is_vetoed_when_validation_collapses() -> None:
     r = _runner(label_smoothing=0.0)
     head = len(r.groups) - 1
-    phase = Phase("ft", trainable=(head - 1, head), epochs=3, lr=1e-2, augment="none", patience=0, ingredient=True)
-    r.run_phase(0, phase, [])
-    good = r._ingredients[0]
+    r.execute(
+        Phase("ft", trainable=tuple(range(head + 1)), epochs=4, lr=3e-2, augment="none", patience=0, keep=True), []
+    )
+    first, w = r.selection.kept[0][0], "classifier.weight"
+    assert r.selection.kept[0][1].accuracy > 0.6  # the run learned the task
     # an ingredient from another basin: its classifier points the opposite way, so the average predicts nothing
-    bad = {k: v.clone() for k, v in good[0].items()}
-    bad["classifier.weight"] = -3 * bad["classifier.weight"]
-    bad["classifier.bias"] = -3 * bad["classifier.bias"]
-    r._ingredients[1] = (bad, good[1], good[2])
-    before = r.best_val_accuracy
-    kept = {k: v.clone() for k, v in r.model.state_dict().items()}
-    info = r.weight_soup([0, 1])
-    assert info is not None and not info["adopted"]
-    assert info["soup_val_accuracy"] < good[1] - info["noise_margin"]
-    assert r.best_val_accuracy == before
-    torch.testing.assert_close(r.model.state_dict(), kept)  # the best weights are back in the model
+    bad = {k: v.clone() for k, v in first.items()}
+    bad[w], bad["classifier.bias"] = -3 * bad[w], -3 * bad["classifier.bias"]
+    r.selection.kept[1] = (bad, r.selection.kept[0][1])
+    kept_model = {k: v.clone() for k, v in r.model.state_dict().items()}
+    before = r.selection.best.accuracy
+    vetoed = r.weight_soup([0, 1], 1)
+    assert not vetoed.adopted and vetoed.info["soup_val_accuracy"] < r.selection.kept[0][1].accuracy - 0.1
+    assert r.selection.best.accuracy == before
+    torch.testing.assert_close(r.model.state_dict(), kept_model)  # the best weights are back in the model
 
 
-def test_from_pretrained_phase_starts_from_the_initial_weights() -> None:
+def test_refit_trains_on_training_and_validation_images_and_its_last_weights_are_the_result() -> None:
     r = _runner()
     head = len(r.groups) - 1
-    initial = {k: v.clone() for k, v in r.model.state_dict().items()}
-    r.run_phase(0, Phase("probe", trainable=(head,), epochs=2, lr=1e-1, augment="none", patience=0), [])
-    assert not torch.equal(r.model.state_dict()["classifier.weight"], initial["classifier.weight"])
-    fresh = Phase("ft", (head - 1, head), epochs=1, lr=1e-3, augment="none", patience=0, from_pretrained=True)
-    fresh = replace(fresh, ingredient=True)
-    r.run_phase(1, fresh, [])
-    torch.testing.assert_close(r._phase_start[1], initial)
+    refit = Refit(Phase("ft", (head - 1, head), epochs=2, lr=1e-2, augment="none", patience=3))
+    res = r.execute(refit, [])[0]
+    assert isinstance(res, PhaseResult) and res.phase.refit and res.phase.patience == 0
+    assert res.epochs_run == 2 and res.steps == 2 * 4  # 24 + 9 images, batch 8: 4 steps (a last batch of 1 is dropped)
+    assert r.selection.best_where == (0, 2)
+    assert res.extra["selection"].startswith("refit")
+
+
+def test_a_phase_with_planned_seconds_sizes_its_schedule_to_the_clock() -> None:
+    r = _runner()
+    head = len(r.groups) - 1
+    res = r.run_phase(0, Phase("t", (head,), epochs=1000, lr=1e-2, augment="light", patience=0, seconds=1e-3), [])
+    # one epoch is measured, then the clock says nothing more fits: the schedule ends with that epoch
+    assert res.epochs_run == 1 and res.stopped == "completed"
+
+
+def test_no_epoch_starts_once_the_budget_is_spent() -> None:
+    r = _runner()
+    r.budget = Budget(1e-3)
+    head = len(r.groups) - 1
+    time.sleep(0.01)
+    res = r.run_phase(0, Phase("t", (head,), epochs=5, lr=1e-2, augment="light", patience=0), [])
+    assert res.epochs_run == 0 and res.stopped == "time-budget"

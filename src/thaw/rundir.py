@@ -1,0 +1,214 @@
+"""The run directory: where each file of a run lives, and tolerant readers for them.
+
+This module is the one place that spells the names of the run-directory contract (docs/architecture.md)::
+
+    runs/NAME/
+      config.yaml  summary.json  metrics.jsonl  audit.json  eval.json  predictions.jsonl
+      model/  checkpoints/last/  report.html  plots/
+
+Readers are tolerant because a run may be read while it is written or after it was killed: a missing file reads
+as empty, and an unparsable JSONL line (the torn last line of a killed run) is skipped with a warning. A JSON file
+that exists but cannot be parsed is an error that says what to do.
+
+Example:
+    >>> rd = RunDir("runs/cats")
+    >>> rd.summary_json  # doctest: +SKIP
+    PosixPath('runs/cats/summary.json')
+    >>> rd.read_summary().get("test_accuracy")  # doctest: +SKIP
+    0.93
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thaw.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from thaw.config import FitConfig
+
+__all__ = [
+    "AUDIT",
+    "CHECKPOINTS",
+    "CONFIG",
+    "EVAL",
+    "METRICS",
+    "MODEL",
+    "PLOTS",
+    "PREDICTIONS",
+    "REPORT",
+    "SUMMARY",
+    "RunDir",
+    "read_json",
+    "read_jsonl",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG = "config.yaml"
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+AUDIT = "audit.json"
+EVAL = "eval.json"
+PREDICTIONS = "predictions.jsonl"
+MODEL = "model"
+CHECKPOINTS = "checkpoints"
+REPORT = "report.html"
+PLOTS = "plots"
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parsed JSON of ``path``, or None when the file does not exist.
+
+    Raises:
+        CheckpointError: the file exists but cannot be read or parsed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {p}: {exc}; delete or repair the file and try again") from exc
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, in order; empty when the file does not exist.
+
+    A line that does not parse (the torn last line of a killed run) or is not an object is skipped with a warning.
+
+    Raises:
+        CheckpointError: the file exists but cannot be read (permissions, not UTF-8).
+    """
+    p = Path(path)
+    if not p.is_file():
+        return []
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read {p}: {exc}; delete or repair the file and try again") from exc
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("skipping unparsable line %d of %s", number, p)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            logger.warning("skipping line %d of %s: not a JSON object", number, p)
+    return rows
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class RunDir:
+    """Paths of one run directory and readers for its files (the directory need not exist yet).
+
+    Args:
+        path: The run directory, e.g. ``runs/cats``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------------------------------------------ paths
+    @property
+    def config_yaml(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def summary_json(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def metrics_jsonl(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def audit_json(self) -> Path:
+        return self.path / AUDIT
+
+    @property
+    def eval_json(self) -> Path:
+        return self.path / EVAL
+
+    @property
+    def predictions_jsonl(self) -> Path:
+        return self.path / PREDICTIONS
+
+    @property
+    def model_dir(self) -> Path:
+        """The timm-compatible model folder (``config.json`` + ``model.safetensors``)."""
+        return self.path / MODEL
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """The resumable checkpoint (``train/checkpoint.py`` swaps it atomically)."""
+        return self.path / CHECKPOINTS / "last"
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / REPORT
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / PLOTS
+
+    def has_config(self) -> bool:
+        return self.config_yaml.is_file()
+
+    def has_model(self) -> bool:
+        """Whether the run exported its model folder (it finished)."""
+        return (self.model_dir / "config.json").is_file()
+
+    # ---------------------------------------------------------------------------------------------- readers
+    def read_config(self) -> FitConfig:
+        """The resolved configuration the run was started with.
+
+        Raises:
+            CheckpointError: there is no config.yaml (not a run directory).
+            ConfigError: config.yaml cannot be read or is invalid.
+        """
+        from thaw.config import FitConfig
+
+        if not self.has_config():
+            raise CheckpointError(f"{self.path} is not a thaw run directory (no {CONFIG})")
+        return FitConfig.from_yaml(self.config_yaml)
+
+    def read_summary(self) -> dict[str, Any]:
+        """summary.json as a dict; empty when the run has not written it (yet)."""
+        return _mapping(read_json(self.summary_json))
+
+    def read_audit(self) -> dict[str, Any]:
+        """audit.json as a dict; empty when absent."""
+        return _mapping(read_json(self.audit_json))
+
+    def read_eval(self) -> dict[str, Any] | None:
+        """eval.json as a dict, or None when absent (or not an object)."""
+        data = read_json(self.eval_json)
+        return data if isinstance(data, dict) else None
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl rows (one per epoch); a torn last line is skipped."""
+        return read_jsonl(self.metrics_jsonl)
+
+    def read_predictions(self) -> list[dict[str, Any]]:
+        """predictions.jsonl rows (one per evaluated image); a torn line is skipped."""
+        return read_jsonl(self.predictions_jsonl)

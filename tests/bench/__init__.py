@@ -1,0 +1,1 @@
+"""Smoke tests of the benchmark harness (bench/): fast runs on tiny tasks, no timing assertions."""
