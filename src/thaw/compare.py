@@ -110,16 +110,16 @@ class CompareResult:
         A single seed shows the mean alone; a cell whose runs all failed shows "failed".
         """
         fractions = sorted({c.fraction for c in self.cells})
-        strategies = list(dict.fromkeys(c.strategy for c in self.cells))
+        grid = _grid(self.cells)
         per_class = {f: _mean([c.images_per_class for c in self.cells if c.fraction == f]) for f in fractions}
         header = ["strategy"] + [f"{f:g} ({per_class[f]:.3g}/class)" for f in fractions]
         rows = []
-        for s in strategies:
+        for s, ran in grid.items():
             row = [s]
             for f in fractions:
                 entry = self.summary.get(s, {}).get(_key(f))
                 if entry is None or not entry["n"]:
-                    row.append("failed" if any(c.strategy == s and c.fraction == f for c in self.cells) else "-")
+                    row.append("failed" if f in ran else "-")
                 elif entry["std"] is None:
                     row.append(fixed(entry["mean"]))
                 else:
@@ -137,29 +137,52 @@ def _mean(values: Sequence[float]) -> float:
     return float(statistics.fmean(values)) if values else math.nan
 
 
+def _grid(cells: Iterable[CompareCell]) -> dict[str, dict[float, list[CompareCell]]]:
+    """``grid[strategy][fraction]`` = the cells of that strategy and fraction, in run order.
+
+    Strategies keep the order in which they first ran; fractions are ascending.
+    """
+    grid: dict[str, dict[float, list[CompareCell]]] = {}
+    for c in cells:
+        grid.setdefault(c.strategy, {}).setdefault(c.fraction, []).append(c)
+    return {s: dict(sorted(by_fraction.items())) for s, by_fraction in grid.items()}
+
+
+def _strategy_problem(s: Any) -> str | None:
+    if s in STRATEGIES:
+        return None
+    return f"unknown strategy '{s}'{did_you_mean(s, STRATEGIES)}: use one of {', '.join(STRATEGIES)}"
+
+
+def _fraction_problem(f: Any) -> str | None:
+    if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f <= 1.0:
+        return f"data fraction {f!r} is not in (0, 1]: e.g. use 0.25 for a quarter of each class"
+    return None
+
+
+def _seed_problem(sd: Any) -> str | None:
+    if isinstance(sd, bool) or not isinstance(sd, int) or sd < 0:
+        return f"seed {sd!r} is not a non-negative integer"
+    return None
+
+
+def _axis_problems(values: Sequence[Any], what: str, empty: str, problem: Callable[[Any], str | None]) -> list[str]:
+    """Problems of one axis of the grid: none given, a bad value (``problem``), a value listed twice."""
+    problems = [] if values else [empty]
+    problems += [p for p in map(problem, values) if p is not None]
+    if len(set(values)) != len(values):
+        problems.append(f"{what} are listed twice: {', '.join(map(str, values))}")
+    return problems
+
+
 def _check_grid(strategies: Sequence[str], fractions: Sequence[float], seeds: Sequence[int]) -> None:
-    problems: list[str] = []
-    if not strategies:
-        problems.append("no strategies given: name at least one, e.g. linear,lp-ft")
-    for s in strategies:
-        if s not in STRATEGIES:
-            problems.append(f"unknown strategy '{s}'{did_you_mean(s, STRATEGIES)}: use one of {', '.join(STRATEGIES)}")
-    if len(set(strategies)) != len(strategies):
-        problems.append(f"strategies are listed twice: {', '.join(strategies)}")
-    if not fractions:
-        problems.append("no data fractions given: e.g. 0.1,0.25,0.5,1")
-    for f in fractions:
-        if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f <= 1.0:
-            problems.append(f"data fraction {f!r} is not in (0, 1]: e.g. use 0.25 for a quarter of each class")
-    if len(set(fractions)) != len(fractions):
-        problems.append(f"fractions are listed twice: {', '.join(map(str, fractions))}")
-    if not seeds:
-        problems.append("no seeds given: e.g. 0 or 0,1,2")
-    for sd in seeds:
-        if isinstance(sd, bool) or not isinstance(sd, int) or sd < 0:
-            problems.append(f"seed {sd!r} is not a non-negative integer")
-    if len(set(seeds)) != len(seeds):
-        problems.append(f"seeds are listed twice: {', '.join(map(str, seeds))}")
+    problems = [
+        *_axis_problems(
+            strategies, "strategies", "no strategies given: name at least one, e.g. linear,lp-ft", _strategy_problem
+        ),
+        *_axis_problems(fractions, "fractions", "no data fractions given: e.g. 0.1,0.25,0.5,1", _fraction_problem),
+        *_axis_problems(seeds, "seeds", "no seeds given: e.g. 0 or 0,1,2", _seed_problem),
+    ]
     if problems:
         raise ConfigError("invalid comparison: " + "; ".join(problems))
 
@@ -209,10 +232,9 @@ def summarize(cells: Sequence[CompareCell]) -> dict[str, dict[str, dict[str, Any
     Failed runs (and runs without a test accuracy) are left out of ``n``; ``std`` is None below two runs.
     """
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for s in dict.fromkeys(c.strategy for c in cells):
+    for s, by_fraction in _grid(cells).items():
         out[s] = {}
-        for f in sorted({c.fraction for c in cells if c.strategy == s}):
-            group = [c for c in cells if c.strategy == s and c.fraction == f]
+        for f, group in by_fraction.items():
             accs = [c.test_accuracy for c in group if c.test_accuracy is not None]
             out[s][_key(f)] = {
                 "mean": _mean(accs) if accs else None,
@@ -279,13 +301,12 @@ def compare_figure(cells: Sequence[CompareCell], title: str | None = None) -> Fi
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     drawn: set[float] = set()
-    for i, s in enumerate(dict.fromkeys(c.strategy for c in cells)):
+    for i, (s, by_fraction) in enumerate(_grid(cells).items()):
         xs: list[float] = []
         means: list[float] = []
         lows: list[float] = []
         highs: list[float] = []
-        for f in sorted({c.fraction for c in cells if c.strategy == s}):
-            group = [c for c in cells if c.strategy == s and c.fraction == f]
+        for group in by_fraction.values():
             accs = [c.test_accuracy for c in group if c.test_accuracy is not None]
             if not accs:
                 continue

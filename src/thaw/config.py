@@ -17,7 +17,7 @@ import yaml
 
 from thaw.errors import ConfigError
 from thaw.names import did_you_mean
-from thaw.strategy.registry import STRATEGIES
+from thaw.strategy.registry import STRATEGIES, required_options
 
 __all__ = ["FitConfig", "STRATEGIES", "parse_duration", "phase_patience"]
 
@@ -241,7 +241,7 @@ class FitConfig:
             problems.append(f"--workers must be >= 0 (got {self.workers})")
         if self.refit and self.strategy != "auto":
             problems.append("--refit is an auto decision: use it with --strategy auto")
-        if self.strategy == "groups" and not self.groups:
+        if "groups" in required_options(self.strategy) and not self.groups:
             problems.append("--strategy groups needs --groups NAMES (see `thaw layers MODEL` for the names)")
         if self.random_init and self.weights:
             problems.append("--random-init and --weights contradict each other: pass one")

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from thaw.errors import CheckpointError
 
@@ -111,6 +111,29 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+class _RunPath:
+    """A path inside the run directory, read (not set) as an attribute of :class:`RunDir`: ``rd.summary_json``."""
+
+    def __init__(self, *parts: str, doc: str | None = None) -> None:
+        self.parts = parts
+        self.__doc__ = doc or f"``{'/'.join(parts)}`` in the run directory."
+
+    def __set_name__(self, owner: type[RunDir], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type[RunDir] | None = None) -> _RunPath: ...
+
+    @overload
+    def __get__(self, obj: RunDir, owner: type[RunDir] | None = None) -> Path: ...
+
+    def __get__(self, obj: RunDir | None, owner: type[RunDir] | None = None) -> Path | _RunPath:
+        return self if obj is None else obj.path.joinpath(*self.parts)
+
+    def __set__(self, obj: RunDir, value: object) -> None:
+        raise AttributeError(f"RunDir.{self.name} is read-only: it follows RunDir.path")
+
+
 class RunDir:
     """Paths of one run directory and readers for its files (the directory need not exist yet).
 
@@ -125,51 +148,19 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     # ------------------------------------------------------------------------------------------------ paths
-    @property
-    def config_yaml(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def summary_json(self) -> Path:
-        return self.path / SUMMARY
-
-    @property
-    def metrics_jsonl(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def audit_json(self) -> Path:
-        return self.path / AUDIT
-
-    @property
-    def eval_json(self) -> Path:
-        return self.path / EVAL
-
-    @property
-    def predictions_jsonl(self) -> Path:
-        return self.path / PREDICTIONS
-
-    @property
-    def model_dir(self) -> Path:
-        """The timm-compatible model folder (``config.json`` + ``model.safetensors``)."""
-        return self.path / MODEL
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / CHECKPOINTS
-
-    @property
-    def last_checkpoint(self) -> Path:
-        """The resumable checkpoint (``train/checkpoint.py`` swaps it atomically)."""
-        return self.path / CHECKPOINTS / "last"
-
-    @property
-    def report_html(self) -> Path:
-        return self.path / REPORT
-
-    @property
-    def plots_dir(self) -> Path:
-        return self.path / PLOTS
+    config_yaml = _RunPath(CONFIG)
+    summary_json = _RunPath(SUMMARY)
+    metrics_jsonl = _RunPath(METRICS)
+    audit_json = _RunPath(AUDIT)
+    eval_json = _RunPath(EVAL)
+    predictions_jsonl = _RunPath(PREDICTIONS)
+    model_dir = _RunPath(MODEL, doc="The timm-compatible model folder (``config.json`` + ``model.safetensors``).")
+    checkpoints_dir = _RunPath(CHECKPOINTS)
+    last_checkpoint = _RunPath(
+        CHECKPOINTS, "last", doc="The resumable checkpoint (``train/checkpoint.py`` swaps it atomically)."
+    )
+    report_html = _RunPath(REPORT)
+    plots_dir = _RunPath(PLOTS)
 
     def has_config(self) -> bool:
         return self.config_yaml.is_file()

@@ -165,23 +165,22 @@ def test_ranking_within_noise_on_probe_and_logme_picks_the_cheapest() -> None:
         row("big", linear=0.80, logme_value=0.152, epoch_seconds={"linear": 2.0, "last-k": 6.0, "full": 12.0}),
         row("small", linear=0.78, logme_value=0.150, epoch_seconds={"linear": 1.0, "last-k": 2.0, "full": 4.0}),
         row("weak", linear=0.60, logme_value=0.300),
+        row("vague", linear=0.79, logme_value=0.050),
     ]
-    for r, spread in zip(rows, (0.01, -0.01, 0.0), strict=True):
+    for r, spread in zip(rows, (0.01, -0.01, 0.0, 0.0), strict=True):
         r.logme_folds, r.images = _fold_logmes(r.logme, spread), 400
     plan = recommend(facts(40), rows)
     assert plan.model == "small"
-    assert [(e["model"], e["ranked_by"]) for e in plan.ranking] == [
-        ("small", "cost"),
-        ("big", "cost"),
-        ("weak", "probe"),
-    ]
-    small, big, weak = plan.ranking
+    ranked = [(e["model"], e["ranked_by"]) for e in plan.ranking]
+    assert ranked == [("small", "cost"), ("big", "cost"), ("vague", "logme"), ("weak", "probe")]
+    small, big, _, _ = plan.ranking
     assert small["epoch_seconds"] == pytest.approx(2.0) and big["epoch_seconds"] == pytest.approx(6.0)
     assert small["strategy"] == "last-k --k 2" and small["estimated_seconds"] == pytest.approx(50.0)  # 25 epochs
     reason = plan.decisions[0].reason
     assert "within noise" in reason and "cheapest" in reason and "big 6.0s" in reason
     assert "expected cost 2.0s per epoch of last-k --k 2 at 96 px, 50.0s for the plan" in reason
-    assert "weak 60.0%" in reason  # behind on the probe, listed with its numbers
+    assert "LogME lower beyond noise: vague 0.050 (probe 79.0%)" in reason
+    assert "probe lower beyond noise: weak 60.0%" in reason
 
 
 def test_ranking_costs_within_timing_noise_fall_back_to_logme() -> None:
@@ -191,7 +190,7 @@ def test_ranking_costs_within_timing_noise_fall_back_to_logme() -> None:
     ]
     for r, spread in zip(rows, (0.01, -0.01), strict=True):
         r.logme_folds, r.images = _fold_logmes(r.logme, spread), 400
-    plan = recommend(facts(40), rows)  # 5% apart: within COST_TIE, so the higher LogME wins
+    plan = recommend(facts(40), rows)  # 5% apart: within COST_TIE (timing noise), so the higher LogME wins
     assert plan.model == "slower" and "highest LogME" in plan.decisions[0].reason
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from thaw.app.store import AppError, NotFound, Store, check_name
 from thaw.config import STRATEGIES
+from thaw.strategy.registry import required_options
 
 __all__ = ["TrainRequest", "JobManager", "MODELS", "read_metrics"]
 
@@ -65,7 +66,7 @@ class TrainRequest:
         problems = []
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy must be one of {', '.join(STRATEGIES)} (got {self.strategy!r})")
-        if self.strategy == "groups":
+        if "groups" in required_options(self.strategy):  # the Train page has no field for group names
             problems.append("the groups strategy needs group names: use `thaw fit --strategy groups` in a terminal")
         if self.time_budget is not None and not 5 <= self.time_budget <= 24 * 3600:
             problems.append("time budget must be between 5 seconds and 24 hours")
@@ -89,7 +90,7 @@ class TrainRequest:
             opts += ["--img-size", str(self.img_size)]
         if self.epochs is not None:
             opts += ["--epochs", str(self.epochs)]
-        if self.k is not None and self.strategy == "last-k":
+        if self.k is not None and "k" in required_options(self.strategy):
             opts += ["--k", str(self.k)]
         return opts
 

@@ -15,6 +15,7 @@ import shutil
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,14 +59,15 @@ class ImportIn(BaseModel):
     class_name: str | None = Field(default=None, max_length=64)
 
 
-class TrainIn(BaseModel):
-    strategy: str = "auto"
-    time_budget: float | None = 120.0
-    model: str = "efficientnet_lite0"
-    img_size: int | None = None
-    epochs: int | None = None
-    k: int | None = None
-    name: str | None = Field(default=None, max_length=64)
+@dataclass(frozen=True)
+class TrainIn(TrainRequest):
+    """The Train page's request body: TrainRequest's fields (declared there once) and the run's name."""
+
+    name: Annotated[str | None, Field(max_length=64)] = None
+
+    def request(self) -> TrainRequest:
+        """The training request without the run name (the name is not part of what is trained)."""
+        return TrainRequest(**{f.name: getattr(self, f.name) for f in fields(TrainRequest)})
 
 
 def create_app(
@@ -241,9 +243,7 @@ def create_app(
 
     @app.post("/api/projects/{project}/runs", status_code=202)
     def train(project: str, body: TrainIn) -> dict[str, Any]:
-        values = body.model_dump()
-        name = values.pop("name")
-        return jobs.start(project, TrainRequest(**values), name=name)
+        return jobs.start(project, body.request(), name=body.name)
 
     @app.get("/api/projects/{project}/runs/{run}")
     def run(project: str, run: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,27 +289,56 @@ def plot_heatmap(
     spans = _phase_spans([{"epoch": i, "phase": r.get("phase")} for i, r in enumerate(rows)])
     for ax, names in zip(axes, panels, strict=True):
         block = values[[order.index(g) for g in names]]
-        image = ax.imshow(np.ma.masked_invalid(block), aspect="auto", origin="lower", interpolation="nearest", cmap=cmap)
+        image = ax.imshow(
+            np.ma.masked_invalid(block), aspect="auto", origin="lower", interpolation="nearest", cmap=cmap
+        )
         fig.colorbar(image, ax=ax, shrink=0.9)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         _mark_phases(ax, spans, {}, label=False)
     axes[-1].set_xticks(range(0, len(epochs), step), [str(e) for e in epochs][::step], fontsize=8)
     axes[-1].set_xlabel("epoch")
     axes[0].set_title(
-        title.get(key, key) + (" (the head on its own scale: it starts at zero)" if head is not None else ""), fontsize=10
+        title.get(key, key) + (" (the head on its own scale: it starts at zero)" if head is not None else ""),
+        fontsize=10,
     )
     return _save(fig, path)
 
 
-def plot_confusion(metrics: Mapping[str, Any], path: Path | str) -> Path | None:
-    """Confusion matrix (rows = true class), coloured by row-normalised rate and annotated with counts.
+#: ``plot(metrics, path) -> Path | None``: a plot of :func:`thaw.report.metrics.compute_metrics` output.
+MetricsPlot = Callable[[Mapping[str, Any], Path | str], Path | None]
+
+
+_METRICS_PLOT_ARGS = """
 
     Args:
-        metrics: Output of :func:`thaw.report.metrics.compute_metrics` (``confusion_matrix``, ``classes``).
+        metrics: Output of :func:`thaw.report.metrics.compute_metrics`.
         path: Where to write the PNG.
 
     Returns:
-        The PNG path, or None when the metrics hold no confusion matrix.
+        The PNG path, or None when the metrics hold nothing this plot draws.
+    """
+
+
+def _metrics_plot(name: str, figure: Callable[[Mapping[str, Any]], Figure | None]) -> MetricsPlot:
+    """The plot function ``name`` of a figure drawn from compute_metrics output.
+
+    The plot writes ``figure(metrics)`` to ``path`` as PNG and returns the path, or returns None (and writes nothing)
+    when ``figure`` finds nothing to draw. Its docstring is ``figure``'s plus the shared Args/Returns.
+    """
+
+    def plot(metrics: Mapping[str, Any], path: Path | str) -> Path | None:
+        fig = figure(metrics)
+        return None if fig is None else _save(fig, path)
+
+    plot.__name__ = plot.__qualname__ = name
+    plot.__doc__ = (figure.__doc__ or "").rstrip() + _METRICS_PLOT_ARGS
+    return plot
+
+
+def _confusion_figure(metrics: Mapping[str, Any]) -> Figure | None:
+    """Confusion matrix (rows = true class), coloured by row-normalised rate and annotated with counts.
+
+    Draws ``confusion_matrix`` (and ``classes``); nothing without a square confusion matrix.
     """
     raw = metrics.get("confusion_matrix")
     if not raw:
@@ -336,18 +365,13 @@ def plot_confusion(metrics: Mapping[str, Any], path: Path | str) -> Path | None:
                     ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7, color=color)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    return _save(fig, path)
+    return fig
 
 
-def plot_reliability(metrics: Mapping[str, Any], path: Path | str) -> Path | None:
+def _reliability_figure(metrics: Mapping[str, Any]) -> Figure | None:
     """Reliability diagram: accuracy per confidence bin against the diagonal, with the bin counts below.
 
-    Args:
-        metrics: Output of :func:`thaw.report.metrics.compute_metrics` (``reliability``, ``ece``).
-        path: Where to write the PNG.
-
-    Returns:
-        The PNG path, or None when the metrics hold no reliability bins.
+    Draws ``reliability`` (and ``ece``); nothing without reliability bins that hold images.
     """
     rel = metrics.get("reliability")
     if not isinstance(rel, Mapping) or not rel.get("bin_edges") or not any(rel.get("count") or ()):
@@ -382,4 +406,8 @@ def plot_reliability(metrics: Mapping[str, Any], path: Path | str) -> Path | Non
     bottom.bar(lefts, counts, width=widths, align="edge", color="#8c8c8c", edgecolor="white")
     bottom.set_xlabel("confidence (top-1 probability)")
     bottom.set_ylabel("images")
-    return _save(fig, path)
+    return fig
+
+
+plot_confusion = _metrics_plot("plot_confusion", _confusion_figure)
+plot_reliability = _metrics_plot("plot_reliability", _reliability_figure)

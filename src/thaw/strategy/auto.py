@@ -30,19 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from thaw.strategy.base import (
-    Candidates,
-    Decision,
-    Measurements,
-    Phase,
-    PhaseResult,
-    PlanContext,
-    Refit,
-    Step,
-    StepResult,
-    phase_results,
-)
-from thaw.strategy.fixed import lr_scales, probe_phase
+from thaw.strategy import base
+from thaw.strategy.base import Candidates, Decision, Phase, PhaseResult, PlanContext, Refit, Step, StepResult
+from thaw.strategy.fixed import finetune_phase, probe_phase
 
 __all__ = ["AutoStrategy", "compare_paired", "choose", "EXPLORE_SHARE"]
 
@@ -138,11 +128,11 @@ def choose(results: Sequence[PhaseResult], seed: int = 0) -> tuple[PhaseResult, 
 class AutoStrategy:
     name: str = "auto"
 
-    def needs(self, history: Sequence[StepResult]) -> Measurements:
+    def needs(self, history: Sequence[StepResult]) -> base.Measurements:
         """After the probe, the cost of a fine-tuning epoch sizes the race (and the budget when none is given). A
         probe on cached features measured it for free (its forward pass); only an uncached probe asks."""
-        probe = phase_results(history)[:1]
-        return Measurements(epoch_seconds=len(history) == 1 and not probe[0].setup_seconds)
+        probe = base.phase_results(history)[:1]
+        return base.Measurements(epoch_seconds=len(history) == 1 and not probe[0].setup_seconds)
 
     @staticmethod
     def _epoch_seconds(ctx: PlanContext, probe: PhaseResult) -> float:
@@ -157,7 +147,7 @@ class AutoStrategy:
 
     # ------------------------------------------------------------------ plan
     def next_step(self, ctx: PlanContext, history: Sequence[StepResult]) -> Step | None:
-        phases = phase_results(history)
+        phases = base.phase_results(history)
         if not phases:
             return replace(
                 probe_phase(
@@ -237,30 +227,13 @@ class AutoStrategy:
             phases, reason=f"equal-cost rungs of {rung:.0f}s each ({EXPLORE_SHARE:.0%} of {budget:.0f}s in all)"
         )
 
+    @staticmethod
     def _phase(
-        self,
-        ctx: PlanContext,
-        name: str,
-        trainable: tuple[int, ...],
-        seconds: float,
-        signals: dict[str, Any],
-        reason: str,
+        ctx: PlanContext, name: str, trainable: tuple[int, ...], seconds: float, signals: dict[str, Any], reason: str
     ) -> Phase:
-        cfg = ctx.config
-        return Phase(
-            name=name,
-            trainable=trainable,
-            epochs=MAX_EPOCHS,
-            lr=cfg.lr,
-            lr_scales=lr_scales(trainable, ctx.head, cfg),
-            bn_policy=cfg.bn,
-            augment=cfg.augment,
-            patience=0,
-            start="phase:0",
-            seconds=seconds,
-            signals=signals,
-            reason=reason,
-        )
+        """A fine-tuning phase from the probe's weights whose length the clock sets (no early stop)."""
+        phase = finetune_phase(ctx, name, trainable, MAX_EPOCHS, reason)
+        return replace(phase, patience=0, start="phase:0", seconds=seconds, signals=signals)
 
     def _final(self, ctx: PlanContext, phases: Sequence[PhaseResult], race: Sequence[PhaseResult]) -> Phase | None:
         probe = phases[0]
@@ -301,7 +274,7 @@ class AutoStrategy:
     def decisions(self, history: Sequence[StepResult]) -> list[Decision]:
         """What was decided at each step, and why, with its numbers (summary.json ``decisions``)."""
         out: list[Decision] = []
-        for r in phase_results(history):
+        for r in base.phase_results(history):
             sig = dict(r.phase.signals)
             sig.update(
                 seconds_spent=r.seconds,
@@ -311,7 +284,7 @@ class AutoStrategy:
                 selected_val_loss=r.selected_val_loss,
             )
             out.append(Decision(r.index, f"run {r.phase.name}", r.phase.reason, sig))
-        phases = phase_results(history)
+        phases = base.phase_results(history)
         race = [p for p in phases if p.phase.signals.get("role") == "candidate"]
         spent = sum(p.seconds for p in race) + (phases[0].seconds if phases else 0.0)
         total = sum(p.seconds for p in phases)

@@ -17,7 +17,7 @@ from thaw.config import FitConfig, phase_patience
 from thaw.models.groups import select_groups
 from thaw.strategy.base import Decision, Measurements, Phase, PlanContext, Step, StepResult
 
-__all__ = ["FixedStrategy", "plan_fixed", "lr_scales", "probe_phase"]
+__all__ = ["FixedStrategy", "plan_fixed", "lr_scales", "probe_phase", "finetune_phase"]
 
 
 def lr_scales(trainable: Sequence[int], head: int, cfg: FitConfig) -> dict[int, float]:
@@ -47,7 +47,8 @@ def probe_phase(ctx: PlanContext, reason: str) -> Phase:
     )
 
 
-def _finetune(ctx: PlanContext, name: str, trainable: Sequence[int], epochs: int, reason: str) -> Phase:
+def finetune_phase(ctx: PlanContext, name: str, trainable: Sequence[int], epochs: int, reason: str) -> Phase:
+    """A phase that trains ``trainable`` with the run's fine-tuning settings (lr, scales, BN, augmentation)."""
     cfg = ctx.config
     ordered = tuple(sorted(set(trainable)))
     return Phase(
@@ -70,25 +71,27 @@ def plan_fixed(name: str, ctx: PlanContext) -> list[Phase]:
     if name == "linear":
         return [probe_phase(ctx, "linear: only the new head trains; the pretrained backbone stays frozen")]
     if name == "full":
-        return [_finetune(ctx, "full", range(n), cfg.epochs, "full: every layer group trains")]
+        return [finetune_phase(ctx, "full", range(n), cfg.epochs, "full: every layer group trains")]
     if name == "last-k":
         k = min(cfg.k, n - 1)
         first = head - k
         names = ", ".join(ctx.groups[i].name for i in range(first, head)) or "none"
         return [
-            _finetune(ctx, f"last-{k}", range(first, n), cfg.epochs, f"last-k (k={k}): head + {names}; rest frozen")
+            finetune_phase(
+                ctx, f"last-{k}", range(first, n), cfg.epochs, f"last-k (k={k}): head + {names}; rest frozen"
+            )
         ]
     if name == "groups":
         assert cfg.groups is not None  # validated by FitConfig
         chosen = [g for g in select_groups(ctx.groups, cfg.groups) if g != head]
         names = ", ".join(ctx.groups[i].name for i in chosen)
-        return [_finetune(ctx, "groups", [*chosen, head], cfg.epochs, f"groups: head + {names} (surgical)")]
+        return [finetune_phase(ctx, "groups", [*chosen, head], cfg.epochs, f"groups: head + {names} (surgical)")]
     if name == "gradual":
         phases = [probe_phase(ctx, "gradual: start with the head alone")]
         for first in range(head - 1, -1, -1):
             last = first == 0
             phases.append(
-                _finetune(
+                finetune_phase(
                     ctx,
                     f"gradual-{head - first}",
                     range(first, n),
@@ -100,7 +103,7 @@ def plan_fixed(name: str, ctx: PlanContext) -> list[Phase]:
     if name == "lp-ft":
         return [
             probe_phase(ctx, "lp-ft: fit the head on frozen features first, so fine-tuning starts from a good head"),
-            _finetune(ctx, "fine-tune", range(n), cfg.epochs, "lp-ft: fine-tune every group from the probed head"),
+            finetune_phase(ctx, "fine-tune", range(n), cfg.epochs, "lp-ft: fine-tune every group from the probed head"),
         ]
     raise AssertionError(f"not a fixed strategy: {name}")
 

@@ -55,3 +55,12 @@ def make_strategy(name: str) -> Strategy:
         raise ConfigError(
             f"unknown strategy '{name}'{did_you_mean(name, STRATEGIES)}; choose one of {', '.join(STRATEGIES)}"
         ) from None
+
+
+#: Options that only these strategies read (``--k`` for last-k, ``--groups`` for groups); others ignore them.
+STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {"last-k": ("k",), "groups": ("groups",)}
+
+
+def required_options(name: str) -> tuple[str, ...]:
+    """The strategy-specific options (FitConfig field names) strategy ``name`` reads; empty for any other name."""
+    return STRATEGY_OPTIONS.get(name, ())

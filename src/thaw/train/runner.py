@@ -119,6 +119,19 @@ class EpochState:
 
 
 @dataclass
+class _Epoch:
+    """What one epoch measured."""
+
+    stats: EpochStats
+    val: EpochStats
+    logits: torch.Tensor
+    """Validation logits (per-image scores for the selection)."""
+    seconds: float
+    kind: str
+    """The epoch source: images, features or prefix."""
+
+
+@dataclass
 class _Optim:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
@@ -347,8 +360,8 @@ class Runner:
                 train = self._train_fn(phase, optim, spe, sharded)
                 continue
             last_good = state_copy(self.model)
-            seconds = time.perf_counter() - t0
-            self._after_epoch(index, phase, st, stats, val_stats, logits, optim.opt, seconds, source.kind)
+            epoch = _Epoch(stats, val_stats, logits, time.perf_counter() - t0, source.kind)
+            self._after_epoch(index, phase, st, epoch, optim.opt)
             if phase.patience and st.bad_epochs >= phase.patience and st.epochs_done < st.planned_epochs:
                 stopped = "early-stopped"
                 break
@@ -455,8 +468,8 @@ class Runner:
         clock)."""
         left = self.budget.left()
         if phase.seconds is not None and own:
-            own = broadcast_float(phase.seconds - (time.monotonic() - started), self.dist, self.device)
-            left = own if left is None else min(left, own)
+            mine = broadcast_float(phase.seconds - (time.monotonic() - started), self.dist, self.device)
+            left = mine if left is None else min(left, mine)
         return left
 
     def _out_of_time(self, phase: Phase, st: EpochState, started: float) -> bool:
@@ -493,26 +506,15 @@ class Runner:
         log.warning(msg)
         return retry
 
-    def _after_epoch(
-        self,
-        index: int,
-        phase: Phase,
-        st: EpochState,
-        stats: EpochStats,
-        val_stats: EpochStats,
-        logits: torch.Tensor,
-        opt: torch.optim.Optimizer,
-        seconds: float,
-        kind: str,
-    ) -> None:
+    def _after_epoch(self, index: int, phase: Phase, st: EpochState, ep: _Epoch, opt: torch.optim.Optimizer) -> None:
         """Counters, selection, early-stopping state, the metrics row and the progress line of a finished epoch."""
         st.epochs_done += 1
         self.global_epoch += 1
-        st.seconds += seconds
-        st.images += stats.images
-        st.steps = st.steps + stats.steps
-        st.last_train_loss, st.last_train_accuracy = stats.loss, stats.accuracy
-        score = scored(logits, self.val_data.labels)
+        st.seconds += ep.seconds
+        st.images += ep.stats.images
+        st.steps = st.steps + ep.stats.steps
+        st.last_train_loss, st.last_train_accuracy = ep.stats.loss, ep.stats.accuracy
+        score = scored(ep.logits, self.val_data.labels)
         sel = st.selection
         own_better = score.beats(sel.best)
         if own_better:
@@ -522,24 +524,15 @@ class Runner:
         sel.last = score
         # patience counts epochs in which neither validation accuracy nor validation loss improved: on small
         # validation sets accuracy moves in steps of one image and stalls while the loss still improves
-        loss_better = val_stats.loss < st.min_val_loss - 1e-3 * abs(st.min_val_loss)
-        st.min_val_loss = min(st.min_val_loss, val_stats.loss)
+        loss_better = ep.val.loss < st.min_val_loss - 1e-3 * abs(st.min_val_loss)
+        st.min_val_loss = min(st.min_val_loss, ep.val.loss)
         st.bad_epochs = 0 if own_better or loss_better else st.bad_epochs + 1
         if not phase.refit and self.selection.offer(self.model, score, (index, st.epochs_done)):
             st.improved_overall_epoch = st.epochs_done
-        self._log_epoch(index, phase, st, stats, val_stats, opt, seconds, kind)
+        self._log_epoch(index, phase, st, ep, opt)
 
-    def _log_epoch(
-        self,
-        index: int,
-        phase: Phase,
-        st: EpochState,
-        stats: EpochStats,
-        val_stats: EpochStats,
-        opt: torch.optim.Optimizer,
-        seconds: float,
-        kind: str,
-    ) -> None:
+    def _log_epoch(self, index: int, phase: Phase, st: EpochState, ep: _Epoch, opt: torch.optim.Optimizer) -> None:
+        stats, val_stats, seconds = ep.stats, ep.val, ep.seconds
         names = [g.name for g in self.groups]
         gap = stats.accuracy - val_stats.accuracy
         # a head-only probe on frozen features overfits by design and early stopping handles it
@@ -562,8 +555,8 @@ class Runner:
             "val_in_training": phase.refit,
             "seconds": seconds,
             "images_per_second": stats.images_per_second,
-            "cached_features": kind == "features",
-            "prefix_cache": kind == "prefix",
+            "cached_features": ep.kind == "features",
+            "prefix_cache": ep.kind == "prefix",
             "group_drift": weight_drift(self.model, self.initial, self.groups),
             "grad_norm": {names[g]: v for g, v in stats.grad_norm.items()},
             "gap_warning": gap_warning,
