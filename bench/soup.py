@@ -29,9 +29,9 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def measure(task_dir: Path, runs: list[int], strategy: str, budget: float, size: int, out: Path) -> dict[str, Any]:
-    from thaw.inference import infer_probs, load_for_inference
     from thaw.data.cache import decode_all
     from thaw.data.sources import scan
+    from thaw.inference import infer_probs, load_for_inference
     from thaw.train.selection import average_states
 
     dirs = []

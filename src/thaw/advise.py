@@ -89,7 +89,8 @@ STEP_BATCH = 16
 MODEL_TIE = 0.01
 #: Among models tied on probe and LogME, epoch costs up to (1 + COST_TIE) x the cheapest count as equal and LogME
 #: orders them: a smaller saving is not worth a lower LogME, and the timed steps of one model's plan varied by up to
-#: 1.6x between three runs on a shared 2-core machine (docs/benchmarks.md, "thaw advise across the built-in models").
+#: 1.6x between six single-threaded runs on a shared 2-core machine (docs/benchmarks.md, "thaw advise across the
+#: built-in models"; far more with two threads on busy cores).
 COST_TIE = 0.5
 #: Images per class (median) below which only the head is trained, and below which only 2 groups are thawed.
 TINY_PER_CLASS = 10

@@ -100,7 +100,7 @@ class FitConfig:
     seed: int = _f(0, "random seed (data split, initialisation, shuffling, augmentation)")
     device: str = _f("auto", "auto, cpu, cuda or mps")
     amp: str = _f("auto", "mixed precision: auto (bf16 on CUDA when supported, off on CPU), off, bf16, fp16")
-    # measured on a 2-core AMD EPYC (BENCHMARKS.md): Lite0 96 px, batch 64, train step 88 -> 148 img/s
+    # about 2x faster training for Lite0 on CPU (docs/benchmarks.md, "channels_last")
     channels_last: bool = _f(True, "use the channels_last memory format (faster for convnets on CPU)")
     workers: int = _f(0, "DataLoader worker processes for augmentation (0: in the main process)")
     prefix_cache: bool = _f(
@@ -167,10 +167,9 @@ class FitConfig:
     def resolved(self) -> FitConfig:
         """The same config with ``auto`` choices made concrete (what config.yaml records).
 
-        BatchNorm ``auto``: pretrained statistics stay frozen (eval-all), as Keras' transfer-learning guide advises;
-        measured on the embedded sample (Lite0, 96 px, lp-ft): thawed BN in train mode collapsed validation accuracy
-        from 0.70 to 0.39 at the start of fine-tuning, frozen statistics reached 0.80. From random initialisation
-        the statistics must be learned, so thawed BN trains there.
+        BatchNorm ``auto``: pretrained statistics stay frozen (eval-all), as Keras' transfer-learning guide advises
+        (measured: docs/benchmarks.md, "BatchNorm policy"); from random initialisation the statistics must be learned,
+        so thawed BN trains there.
         """
         if self.bn == "auto":
             return self.replace(bn="frozen-eval" if self.random_init else "eval-all")
@@ -258,10 +257,7 @@ def phase_patience(cfg: FitConfig, epochs: int, minimum: int = 3) -> int:
     """Early-stopping patience of a phase of ``epochs`` epochs: ``--patience`` when given, else a quarter of the
     phase (at least ``minimum``).
 
-    Measured on fashion10 (100 training / 100 validation images, seed 0, 180 s budget): a fixed patience of 3
-    ended `full` after 7 epochs (test 0.674) and `auto` after 15 (0.681); a quarter of 40 epochs (10) gave 0.707
-    and 0.739, against 0.714 for the tutorial loop that used the whole budget. Small validation sets are noisy, so
-    a few flat epochs say little.
+    Small validation sets are noisy, so a few flat epochs say little (measured: docs/benchmarks.md, "Patience").
     """
     if cfg.patience is not None:
         return cfg.patience
