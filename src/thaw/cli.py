@@ -208,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("train", type=Path, help="training data: folder of class subfolders or CSV")
-    p.add_argument("--models", default="efficientnet_lite0", help="comma-separated timm names (default: %(default)s)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated timm names (default: the built-in offline models efficientnet_lite0,efficientnet_lite1,"
+        "efficientnet_lite2)",
+    )
     p.add_argument(
         "--weights", action="append", default=[], metavar="MODEL=FILE", help="local weights for a candidate, repeatable"
     )
@@ -431,7 +436,7 @@ def _cmd_advise(ns: argparse.Namespace) -> int:
         weights[name] = path
     res = advise(
         str(ns.train),
-        models=_csv_list(ns.models, str, "models"),
+        models=_csv_list(ns.models, str, "models") if ns.models else None,
         weights=weights or None,
         img_size=ns.img_size,
         max_images=ns.max_images,
