@@ -61,6 +61,7 @@ from thaw.jsonio import json_safe, write_json
 from thaw.models.builtin import BUILTIN_MODELS
 from thaw.models.groups import LayerGroup, layer_groups
 from thaw.models.load import load_model
+from thaw.strategy.registry import required_options
 from thaw.strategy.signals import logme, probe_score, stage_features
 
 __all__ = [
@@ -583,7 +584,8 @@ def _logme_noise(a: ModelRow, b: ModelRow) -> float:
 
 
 def _strategy_label(plan: Plan) -> str:
-    return f"last-k --k {plan.options['k']}" if plan.strategy == "last-k" else plan.strategy
+    """The strategy as it is typed, with the options it requires (``last-k --k 2``)."""
+    return " ".join([plan.strategy, *(f"--{o} {plan.options[o]}" for o in required_options(plan.strategy))])
 
 
 def _cost_text(row: ModelRow, plan: Plan) -> str:
@@ -749,10 +751,10 @@ def _epoch_seconds(row: ModelRow, strategy: str, k: int, backbone: int) -> float
     """
     es = row.epoch_seconds
     fwd, lk, full = es.get("linear", math.nan), es.get("last-k", math.nan), es.get("full", math.nan)
-    if strategy == "linear":
-        return fwd
-    if strategy in ("full", "lp-ft"):
-        return full
+    # the probe trains on cached features (one forward pass); lp-ft's fine-tuning epochs thaw everything
+    measured = {"linear": fwd, "full": full, "lp-ft": full}
+    if strategy in measured:
+        return measured[strategy]
     if k <= 2 or backbone <= 2:
         return fwd + (lk - fwd) * min(k, 2) / 2
     return lk + (full - lk) * (k - 2) / (backbone - 2)
@@ -873,13 +875,11 @@ def _plan_for(facts: DatasetFacts, row: ModelRow, time_budget: float | None) -> 
             if fit < epochs:
                 epochs = fit
                 epochs_why = f"the {time_budget:.0f} s budget allows {fit} epochs at ~{epoch_s:.1f} s per epoch"
-    decisions.append(
-        Decision("strategy", strategy if strategy != "last-k" else f"last-k --k {depth}", "; ".join(reasons))
-    )
-
     options: dict[str, Any] = {"model": row.name, "strategy": strategy}
-    if strategy == "last-k":
+    if "k" in required_options(strategy):
         options["k"] = depth
+    label = " ".join([strategy, *(f"--{o} {options[o]}" for o in required_options(strategy))])
+    decisions.append(Decision("strategy", label, "; ".join(reasons)))
     if facts.img_size is not None:
         options["img_size"] = facts.img_size
         decisions.append(
@@ -910,12 +910,8 @@ def _plan_for(facts: DatasetFacts, row: ModelRow, time_budget: float | None) -> 
 
     # estimated training time: probe on cached features costs one forward pass
     fwd = row.epoch_seconds.get("linear", math.nan)
-    if strategy == "linear":
-        estimate = fwd
-    elif strategy == "lp-ft":
-        estimate = fwd + epochs * epoch_s
-    else:
-        estimate = epochs * epoch_s
+    probe, fine_tune = {"linear": (True, 0), "lp-ft": (True, epochs)}.get(strategy, (False, epochs))
+    estimate = (fwd if probe else 0.0) + (fine_tune * epoch_s if fine_tune else 0.0)
     estimated = estimate if math.isfinite(estimate) else None
 
     command = _command(facts.train, row, options)

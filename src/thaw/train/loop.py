@@ -70,8 +70,18 @@ class WarmupCosine:
     """
 
     def __init__(self, total_steps: int, warmup_fraction: float, min_warmup_steps: int = 0) -> None:
+        self.warmup_fraction, self.min_warmup_steps = warmup_fraction, min_warmup_steps
         self.total_steps = max(1, total_steps)
-        self.warmup_steps = min(max(int(warmup_fraction * self.total_steps), min_warmup_steps), self.total_steps // 3)
+        self.warmup_steps = self._warmup(self.total_steps)
+
+    def _warmup(self, total: int) -> int:
+        return min(max(int(self.warmup_fraction * total), self.min_warmup_steps), total // 3)
+
+    def resize(self, total_steps: int) -> None:
+        """Re-size the schedule to ``total_steps`` (the clock planned the phase's length), warmup included: a
+        phase planned long before its epoch cost was known would otherwise keep a warmup sized to the guess."""
+        self.total_steps = max(1, total_steps)
+        self.warmup_steps = self._warmup(self.total_steps)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:

@@ -62,6 +62,8 @@ GAP_WARNING = 0.15
 #: Seconds between mid-phase checkpoints (a phase's first epoch and its end are always checkpointed): an fsynced
 #: checkpoint after every epoch took 0.22 s of a 1.65 s epoch on 200 images at 64 px (13 %).
 CHECKPOINT_SECONDS = 15.0
+#: Epochs a phase whose length the clock sets is planned for until its first epoch is timed (sizes the warmup).
+FIRST_PLAN_EPOCHS = 10
 
 MetricsSink = Callable[[dict[str, Any]], None]
 StepHook = Callable[[str, int, int, float, float, float], None]
@@ -114,7 +116,9 @@ class EpochState:
     """Lowered to 0.1 after a non-finite loss (the phase retries once from the last good weights)."""
     min_val_loss: float = math.inf
     cycle_seconds: float = 0.0
-    """Wall seconds of the last whole epoch (training, validation, checkpoint): what the clock plans with."""
+    """Wall seconds of the last whole epoch (training, validation, checkpoint)."""
+    steady_seconds: float = 0.0
+    """Wall seconds of the whole epochs after the first (which pays one-time set-up): what the clock plans with."""
     selection: PhaseSelection = field(default_factory=PhaseSelection)
 
 
@@ -313,24 +317,17 @@ class Runner:
         if resume is None:
             self._load_start(phase)
         self.apply_phase(phase)
-        feed = (
-            self.feed
-            if not phase.refit
-            else Feed(
-                concat(self.train_data, self.val_data),
-                self.val_data,
-                self.config,
-                self.feed.mean,
-                self.feed.std,
-                self.device,
-                self.amp_dtype,
-            )
-        )
+        feed = replace(self.feed, train=concat(self.train_data, self.val_data)) if phase.refit else self.feed
         source, forward = self._open(phase, feed)
         sharded = self.dist.enabled and source.sharded
         n_train = len(feed.train)
         spe = steps_per_epoch(-(-n_train // self.dist.world_size) if sharded else n_train, self.config.batch_size)
-        st = resume or EpochState(phase_index=index, planned_epochs=phase.epochs)
+        # a phase whose length the clock sets starts with a short plan, so its warmup is not sized to a guess; the
+        # plan grows to the epochs that fit once the first ones are timed
+        timed = phase.seconds is not None or self.budget.seconds is not None
+        st = resume or EpochState(
+            phase_index=index, planned_epochs=min(phase.epochs, FIRST_PLAN_EPOCHS if timed else phase.epochs)
+        )
         st.seconds += source.setup_seconds if resume is None else 0.0
         optim = self._optimizer(phase, st, spe)
         if resume is not None and self._resume_opt[1] is not None:
@@ -371,7 +368,8 @@ class Runner:
                 self._checkpoint(history, st, optim.opt, phase)
                 last_ckpt = time.monotonic()
             st.cycle_seconds = time.perf_counter() - t0  # what an epoch costs, its checkpoint included
-            if st.epochs_done <= 2:
+            st.steady_seconds += st.cycle_seconds if st.epochs_done > 1 else 0.0
+            if st.epochs_done & (st.epochs_done - 1) == 0:  # epochs 1, 2, 4, 8, ...: less often as the plan firms up
                 self._plan_length(phase, st, optim.schedule, spe, started)
         result = self._finish(index, phase, st, stopped, source)
         self._checkpoint([*history, result], None, None)
@@ -427,7 +425,7 @@ class Runner:
         groups = self.optimizer_groups(lr_phase)
         opt, sched, schedule = build_optimizer(self.config, lr_phase, groups, st.planned_epochs * spe, spe)
         if st.total_steps:
-            schedule.total_steps = st.total_steps
+            schedule.resize(st.total_steps)
         st.total_steps = schedule.total_steps
         if st.steps:
             sched.last_epoch = st.steps
@@ -479,16 +477,18 @@ class Runner:
         return left is not None and (left <= 0 or st.cycle_seconds > left)
 
     def _plan_length(self, phase: Phase, st: EpochState, schedule: WarmupCosine, spe: int, started: float) -> None:
-        """Size the schedule to the clock after the first and second epoch, so the learning rate anneals to zero
-        within the budget: the epochs that fit at the measured cost of the last epoch, never more than planned."""
-        left, cycle = self._time_left(phase, started), st.cycle_seconds
+        """Size the schedule to the clock after epochs 1, 2, 4, 8, ..., so the learning rate anneals to zero within
+        the budget: the epochs that fit at the measured cost of an epoch (the first one's cost until there are
+        more), never more than the phase's epochs."""
+        left = self._time_left(phase, started)
+        cycle = st.steady_seconds / (st.epochs_done - 1) if st.epochs_done > 1 else st.cycle_seconds
         if left is None or cycle <= 0:
             return
         fit = min(phase.epochs, st.epochs_done + max(0, int(left / cycle)))
         if fit != st.planned_epochs:
             log.info("phase %s: %d epochs fit the time left (%.0fs at %.1fs each)", phase.name, fit, left, cycle)
             st.planned_epochs = fit
-            schedule.total_steps = max(1, fit * spe)
+            schedule.resize(fit * spe)
             st.total_steps = schedule.total_steps
 
     def _retry_after_fault(self, phase: Phase, st: EpochState, exc: NonFiniteLossError) -> bool:

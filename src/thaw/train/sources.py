@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -57,21 +58,20 @@ def concat(a: DecodedImages, b: DecodedImages) -> DecodedImages:
     )
 
 
+@dataclass(frozen=True, eq=False)
 class Feed:
-    """Decoded images -> normalised batches on the device, for training and for forward-only passes."""
+    """Decoded images -> normalised batches on the device, for training and for forward-only passes.
 
-    def __init__(
-        self,
-        train: DecodedImages,
-        val: DecodedImages,
-        config: FitConfig,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        device: torch.device,
-        amp_dtype: torch.dtype | None = None,
-    ) -> None:
-        self.train, self.val, self.config = train, val, config
-        self.mean, self.std, self.device, self.amp_dtype = mean, std, device, amp_dtype
+    A refit trains on ``replace(feed, train=concat(feed.train, feed.val))``.
+    """
+
+    train: DecodedImages
+    val: DecodedImages
+    config: FitConfig
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.mean, self.std, channels_last=self.config.channels_last)

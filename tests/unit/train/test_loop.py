@@ -175,3 +175,11 @@ def test_tensor_batches_order_and_singleton_rule() -> None:
     assert got == [[4, 3], [2, 1], [0]]
     dropped = [b[1].tolist() for b in tensor_batches(x, y, 2, device=CPU, drop_singleton=True)]
     assert dropped == [[0, 1], [2, 3]]  # a last batch of one would break BatchNorm in train mode
+
+
+def test_resize_sizes_the_warmup_to_the_new_length() -> None:
+    f = WarmupCosine(total_steps=100_000, warmup_fraction=0.1, min_warmup_steps=2)
+    assert f.warmup_steps == 10_000  # planned before the epoch cost was known
+    f.resize(50)  # the clock says 50 steps fit
+    assert f.total_steps == 50 and f.warmup_steps == 5
+    assert f(4) == pytest.approx(5 / 6) and f(5) == pytest.approx(1.0) and f(50) == pytest.approx(0.0)
