@@ -24,7 +24,7 @@ from thaw.inference import Prediction, collect_images
 from thaw.jsonio import write_json
 from thaw.rundir import RunDir
 
-__all__ = ["export_run_onnx", "predict_onnx", "ONNX_FILE"]
+__all__ = ["export_run_onnx", "predict_onnx", "normalize_np", "ONNX_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
-def _normalize_np(batch_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def normalize_np(batch_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``(x / 255 - mean) / std`` on a uint8 NCHW batch, as float32 (the same affine form as thaw's torch one)."""
     m = np.asarray(mean, dtype=np.float64).reshape(1, -1, 1, 1)
     s = np.asarray(std, dtype=np.float64).reshape(1, -1, 1, 1)
@@ -194,7 +194,7 @@ def predict_onnx(
     images = decoded.images.numpy()
     probs = np.concatenate(
         [
-            _softmax(clf.predict_logits(_normalize_np(images[s : s + _BATCH], pre.mean, pre.std)).astype(np.float64))
+            _softmax(clf.predict_logits(normalize_np(images[s : s + _BATCH], pre.mean, pre.std)).astype(np.float64))
             for s in range(0, len(images), _BATCH)
         ]
     )

@@ -549,15 +549,15 @@ def test_auto_on_real_data_races_then_spends_its_budget_on_the_winner(tmp_path: 
     wall = time.monotonic() - started
     summary = json.loads((out / "summary.json").read_text())
     phases, decisions = summary["phases"], summary["decisions"]
-    assert [p["name"] for p in phases[:3]] == ["linear-probe", "race-partial", "race-full"]
-    final = phases[3]
-    race = decisions[3]["signals"]["race"]
-    assert final["name"] == f"auto-{decisions[3]['signals']['recipe']}" and final["start"] == "phase:0"
+    assert [p["name"] for p in phases[:4]] == ["linear-probe", "race-partial", "race-full", "race-full-sgd"]
+    final = phases[4]
+    race = decisions[4]["signals"]["race"]
+    assert final["name"] == f"auto-{decisions[4]['signals']['recipe']}" and final["start"] == "phase:0"
     loser = next(iter(race.values()))
     assert loser["verdict"].startswith("dropped") and "accuracy_diff_lower_bound" in loser
     # the rungs cost the same and together take the explore share of what was left after the probe
-    rungs = [p["planned_seconds"] for p in phases[1:3]]
-    assert rungs[0] == rungs[1] and 0.25 * 60 * EXPLORE_SHARE / 2 < rungs[0] < 60 * EXPLORE_SHARE / 2
+    rungs = [p["planned_seconds"] for p in phases[1:4]]
+    assert rungs[0] == rungs[1] == rungs[2] and 0.25 * 60 * EXPLORE_SHARE / 3 < rungs[0] < 60 * EXPLORE_SHARE / 3
     # the budget is spent, not exceeded: the final run is sized to it
     assert 0.85 * 60 <= wall <= 1.15 * 60 + 10, wall
     assert final["epochs"] >= 3 and final["stopped"] == "completed"

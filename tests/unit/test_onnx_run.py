@@ -14,7 +14,7 @@ from tests.conftest import write_image_folder
 from thaw.api import fit, predict
 from thaw.data.transforms import normalize
 from thaw.errors import CheckpointError, ConfigError, DataError
-from thaw.onnx_run import _normalize_np, export_run_onnx, predict_onnx
+from thaw.onnx_run import export_run_onnx, normalize_np, predict_onnx
 
 CLASSES = {"red": 8, "green": 8, "blue": 8}
 
@@ -72,7 +72,7 @@ def test_numpy_normalisation_equals_torch() -> None:
     batch = rng.integers(0, 256, size=(2, 3, 8, 8), dtype=np.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     expected = normalize(torch.from_numpy(batch), mean, std, channels_last=False).numpy()
-    np.testing.assert_allclose(_normalize_np(batch, mean, std), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(normalize_np(batch, mean, std), expected, atol=1e-6, rtol=0)
 
 
 def test_export_falls_back_to_the_configured_data(run: Path, tmp_path: Path) -> None:

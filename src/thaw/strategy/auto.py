@@ -4,8 +4,9 @@
    pretrained features get on their own, is the bar fine-tuning must clear, and is the head every later phase starts
    from (LP-FT, Kumar et al. 2022).
 2. **Race.** Candidates compared on short rungs of equal wall-clock cost, all from the probe's weights: the upper
-   third of the backbone (``partial``) and every group (``full``). Exploration takes ``EXPLORE_SHARE`` of the
-   budget, so it cannot starve the winner.
+   third of the backbone (``partial``), every group (``full``), and every group with the PyTorch tutorial's recipe
+   (``full-sgd``: SGD, lr 0.01, BatchNorm statistics updated), which tolerates data far from ImageNet where frozen
+   statistics and AdamW do not. Exploration takes ``EXPLORE_SHARE`` of the budget, so it cannot starve the winner.
 3. **Choose with the noise known.** A candidate is dropped only when it is worse than the leader beyond the noise
    of the comparison: a paired bootstrap over the validation images of the accuracy difference (95 %, one-sided).
    When the accuracies are within noise, the lower validation loss (paired, per image) decides: it moves in smaller
@@ -42,6 +43,16 @@ EXPLORE_SHARE = 0.3
 CONFIDENCE = 0.95
 #: Bootstrap resamples of the validation set.
 RESAMPLES = 2000
+#: The PyTorch transfer-learning tutorial's recipe, raced as a candidate: SGD at lr 0.01 with momentum, no weight decay,
+#: every group at the same rate, BatchNorm statistics updated (train mode). On data far from ImageNet (handwritten
+#: digits) it fine-tuned every group stably where AdamW with frozen statistics collapsed (docs/benchmarks.md, "Suite").
+SGD_RECIPE: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "lr_scales": {},
+    "weight_decay": 0.0,
+    "bn_policy": "train-all",
+}
 #: Upper bound on the epochs of a phase whose length the clock sets.
 MAX_EPOCHS = 100_000
 #: Without --time-budget: the winner's run is planned for this many epochs ...
@@ -202,26 +213,33 @@ class AutoStrategy:
         budget, source = self._budget(ctx, probe)
         head = ctx.head
         backbone = list(range(head))
-        rung = float(done[0].phase.signals["rung_seconds"]) if done else EXPLORE_SHARE * budget / 2
         epoch = 0.0 if done else self._epoch_seconds(ctx, probe)
-        recipes = {
-            "partial": tuple(sorted([*backbone[-max(1, math.ceil(len(backbone) / 3)) :], head])),
-            "full": tuple(range(head + 1)),
+        full = tuple(range(head + 1))
+        # name -> (trainable groups, recipe changes over the run's settings)
+        recipes: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {
+            "partial": (tuple(sorted([*backbone[-max(1, math.ceil(len(backbone) / 3)) :], head])), {}),
+            "full": (full, {}),
+            "full-sgd": (full, SGD_RECIPE),
         }
+        rung = float(done[0].phase.signals["rung_seconds"]) if done else EXPLORE_SHARE * budget / len(recipes)
         if epoch and rung < epoch:
             return None  # too little time to learn anything from a rung: the final run takes the budget
         names = [g.name for g in ctx.groups]
         phases = tuple(
-            self._phase(
-                ctx,
-                f"race-{name}",
-                trainable,
-                rung,
-                {"role": "candidate", "recipe": name, "budget_source": source, "rung_seconds": rung},
-                f"auto race: {name} ({', '.join(names[i] for i in trainable)}) for {rung:.0f}s from the probe's "
-                f"weights; {source}",
+            replace(
+                self._phase(
+                    ctx,
+                    f"race-{name}",
+                    trainable,
+                    rung,
+                    {"role": "candidate", "recipe": name, "budget_source": source, "rung_seconds": rung},
+                    f"auto race: {name} ({', '.join(names[i] for i in trainable)}"
+                    + "".join(f", {k} {v}" for k, v in changes.items())
+                    + f") for {rung:.0f}s from the probe's weights; {source}",
+                ),
+                **changes,
             )
-            for name, trainable in recipes.items()
+            for name, (trainable, changes) in recipes.items()
         )
         return Candidates(
             phases, reason=f"equal-cost rungs of {rung:.0f}s each ({EXPLORE_SHARE:.0%} of {budget:.0f}s in all)"
@@ -239,9 +257,10 @@ class AutoStrategy:
         probe = phases[0]
         if ctx.seconds_left is not None and ctx.seconds_left <= 0:
             return None
+        template: Phase | None = None
         if race:
             winner, verdicts = choose(race, ctx.config.seed)
-            recipe = str(winner.phase.signals["recipe"])
+            recipe, template = str(winner.phase.signals["recipe"]), winner.phase
             trainable = winner.phase.trainable
             why = f"{recipe} won the race (val {winner.selected_val_accuracy:.4f}, loss {winner.selected_val_loss:.4f})"
             signals: dict[str, Any] = {
@@ -260,15 +279,14 @@ class AutoStrategy:
         if ctx.config.refit:
             seconds /= 2  # the refit on training + validation images needs as long again
         signals["planned_seconds"] = seconds
-        return self._phase(
-            ctx,
-            f"auto-{recipe}",
-            trainable,
-            seconds,
-            signals,
+        name = f"auto-{recipe}"
+        reason = (
             f"auto: {why}; it trains again from the probe's weights for {seconds:.0f}s, the schedule sized to end "
-            "within it",
+            "within it"
         )
+        if template is not None:  # the winner's whole recipe (optimizer, lr, BatchNorm policy), for longer
+            return replace(template, name=name, seconds=seconds, signals=signals, reason=reason)
+        return self._phase(ctx, name, trainable, seconds, signals, reason)
 
     # ------------------------------------------------------------------ explain
     def decisions(self, history: Sequence[StepResult]) -> list[Decision]:

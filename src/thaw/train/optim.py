@@ -71,7 +71,7 @@ def build_optimizer(
     full-lr AdamW step on a freshly thawed backbone collapsed accuracy (0.76 -> 0.12 at 64 px).
     """
     opt: torch.optim.Optimizer
-    if cfg.optimizer == "sgd":
+    if (phase.optimizer or cfg.optimizer) == "sgd":
         opt = torch.optim.SGD(groups, lr=phase.lr, momentum=cfg.momentum, nesterov=True)
     else:
         opt = torch.optim.AdamW(groups, lr=phase.lr)

@@ -66,16 +66,19 @@ def test_starts_with_a_cached_probe_whose_weights_are_kept() -> None:
     assert AutoStrategy().needs([]).epoch_seconds is False
 
 
-def test_after_the_probe_it_races_partial_and_full_on_equal_cost_rungs_from_the_probe() -> None:
+def test_after_the_probe_it_races_three_recipes_on_equal_cost_rungs_from_the_probe() -> None:
     ctx = _ctx(seconds_left=170.0)
     auto, history = _probe(ctx)
     assert auto.needs(history).epoch_seconds  # the race is sized from the measured epoch cost
     race = auto.next_step(ctx, history)
     assert isinstance(race, Candidates)
-    partial, full = race.phases
+    partial, full, sgd = race.phases
     head = ctx.head
     assert full.trainable == tuple(range(head + 1)) and head in partial.trainable and 0 not in partial.trainable
-    rung = EXPLORE_SHARE * 170.0 / 2
+    assert full.optimizer is None and full.bn_policy == ctx.config.bn
+    assert sgd.trainable == full.trainable and sgd.optimizer == "sgd" and sgd.lr == 0.01 and sgd.lr_scales == {}
+    assert sgd.bn_policy == "train-all" and sgd.weight_decay == 0.0
+    rung = EXPLORE_SHARE * 170.0 / 3
     for p in race.phases:
         assert p.start == "phase:0" and p.seconds == pytest.approx(rung) and p.patience == 0
         assert p.signals["role"] == "candidate"
@@ -89,12 +92,12 @@ def test_a_race_cut_by_an_interruption_continues_with_the_remaining_candidate_at
     assert isinstance(race, Candidates)
     history.append(_result(1, race.phases[0], [1] * 75 + [0] * 25))
     rest = auto.next_step(replace(ctx, seconds_left=120.0, signals=Signals()), history)
-    assert isinstance(rest, Candidates) and [p.name for p in rest.phases] == [race.phases[1].name]
-    assert rest.phases[0].seconds == race.phases[1].seconds
+    assert isinstance(rest, Candidates) and [p.name for p in rest.phases] == [p.name for p in race.phases[1:]]
+    assert [p.seconds for p in rest.phases] == [p.seconds for p in race.phases[1:]]
 
 
 def test_no_race_when_a_rung_is_shorter_than_an_epoch_the_final_run_takes_the_budget() -> None:
-    ctx = _ctx(seconds_left=20.0, epoch=10.0)  # rung 3s < 10s per epoch
+    ctx = _ctx(seconds_left=20.0, epoch=10.0)  # rung 2s < 10s per epoch
     auto, history = _probe(ctx)
     final = auto.next_step(ctx, history)
     assert isinstance(final, Phase) and final.name == "auto-full" and final.seconds == pytest.approx(20.0)
@@ -107,13 +110,23 @@ def test_a_candidate_worse_beyond_noise_is_dropped_and_the_winner_trains_for_the
     race = auto.next_step(ctx, history)
     assert isinstance(race, Candidates)
     history.append(_result(1, race.phases[0], [1] * 60 + [0] * 40, nll=0.6))  # partial
-    history.append(_result(2, race.phases[1], [1] * 85 + [0] * 15, nll=0.7))  # full: 25 images better
+    history.append(_result(2, race.phases[1], [1] * 30 + [0] * 70, nll=1.7))  # full collapsed
+    history.append(_result(3, race.phases[2], [1] * 85 + [0] * 15, nll=0.7))  # full-sgd: 25 images better
     final = auto.next_step(replace(ctx, seconds_left=110.0, signals=Signals()), history)
-    assert isinstance(final, Phase) and final.name == "auto-full" and final.seconds == pytest.approx(110.0)
+    assert isinstance(final, Phase) and final.name == "auto-full-sgd" and final.seconds == pytest.approx(110.0)
+    # the winner's whole recipe trains again, from the probe, with no early stop
+    assert (final.optimizer, final.lr, final.bn_policy, final.start, final.patience) == (
+        "sgd",
+        0.01,
+        "train-all",
+        "phase:0",
+        0,
+    )
     verdict = final.signals["race"]["1"]
     assert verdict["beyond_noise"] and verdict["accuracy_diff"] == pytest.approx(0.25)
     assert verdict["verdict"].startswith("dropped: val accuracy")
-    assert auto.next_step(replace(ctx, seconds_left=2.0), [*history, _result(3, final, [1] * 90 + [0] * 10)]) is None
+    assert final.signals["race"]["2"]["beyond_noise"]
+    assert auto.next_step(replace(ctx, seconds_left=2.0), [*history, _result(4, final, [1] * 90 + [0] * 10)]) is None
 
 
 def test_within_noise_the_lower_validation_loss_decides() -> None:
@@ -158,7 +171,7 @@ def test_without_a_time_budget_auto_chooses_one_from_the_measured_epoch_cost_and
     assert isinstance(race, Candidates)
     # 300 images at batch 64: 5 steps per epoch, so 600 steps = 120 epochs of 2s, plus the race
     chosen = 120 * 2.0 / (1 - EXPLORE_SHARE)
-    assert race.phases[0].seconds == pytest.approx(EXPLORE_SHARE * chosen / 2)
+    assert race.phases[0].seconds == pytest.approx(EXPLORE_SHARE * chosen / 3)
     assert "no --time-budget" in race.phases[0].signals["budget_source"]
 
 
@@ -167,17 +180,18 @@ def test_decisions_record_every_phase_and_the_share_of_time_spent_exploring() ->
     auto, history = _probe(ctx)
     race = auto.next_step(ctx, history)
     assert isinstance(race, Candidates)
-    history += [_result(1, race.phases[0], [1] * 60 + [0] * 40), _result(2, race.phases[1], [1] * 85 + [0] * 15)]
+    history += [_result(i + 1, p, [1] * (60 + 10 * i) + [0] * (40 - 10 * i)) for i, p in enumerate(race.phases)]
     final = auto.next_step(replace(ctx, seconds_left=110.0), history)
     assert isinstance(final, Phase)
-    history.append(_result(3, final, [1] * 88 + [0] * 12, seconds=100.0))
+    history.append(_result(4, final, [1] * 88 + [0] * 12, seconds=100.0))
     decisions = auto.decisions(history)
     assert [d.decision for d in decisions] == [
         "run linear-probe",
         "run race-partial",
         "run race-full",
-        "run auto-full",
+        "run race-full-sgd",
+        "run auto-full-sgd",
         "stop",
     ]
-    assert decisions[-1].signals["exploration_share"] == pytest.approx((3 + 20 + 20) / (3 + 20 + 20 + 100))
+    assert decisions[-1].signals["exploration_share"] == pytest.approx((3 + 3 * 20) / (3 + 3 * 20 + 100))
     assert all(d.reason for d in decisions)
