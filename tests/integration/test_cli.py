@@ -558,9 +558,10 @@ def test_auto_on_real_data_races_then_spends_its_budget_on_the_winner(tmp_path: 
     # the rungs cost the same and together take the explore share of what was left after the probe
     rungs = [p["planned_seconds"] for p in phases[1:4]]
     assert rungs[0] == rungs[1] == rungs[2] and 0.25 * 60 * EXPLORE_SHARE / 3 < rungs[0] < 60 * EXPLORE_SHARE / 3
-    # the budget is spent, not exceeded: the final run is sized to it
-    assert 0.85 * 60 <= wall <= 1.15 * 60 + 10, wall
-    assert final["epochs"] >= 3 and final["stopped"] == "completed"
+    # the budget is spent, not exceeded: the final run is sized to it (12 s of a 60 s budget are kept back for the
+    # export and report, which take less on a quiet machine, so the floor here is lower than the suite's 90 %)
+    assert 0.7 * 60 <= wall <= 1.05 * 60 + 10, wall
+    assert final["epochs"] >= 2 and final["stopped"] in ("completed", "time-budget")  # the clock ends it, not patience
     assert summary["validation_held_out"] and summary["test_accuracy"] > 0.5
 
 

@@ -58,7 +58,7 @@ def concat(a: DecodedImages, b: DecodedImages) -> DecodedImages:
     )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Feed:
     """Decoded images -> normalised batches on the device, for training and for forward-only passes.
 
