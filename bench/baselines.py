@@ -320,25 +320,18 @@ def tutorial_loop(
     wall = time.perf_counter() - t0
 
     test_loader = folder_loader(task_dir / "test", size, mean, std, train=False, batch_size=64)
-    test_last = evaluate(model, test_loader)
-    model.load_state_dict(best_state)
-    test_best = evaluate(model, test_loader)
-    notes += f"; best epoch {best_epoch}/{epoch}"
-    if stopped_early:
-        notes += f"; stopped at the budget before the planned {total_epochs} epochs (cosine not finished)"
-    return result(
+    return _loop_result(
         method,
         task_dir,
         seed,
-        test_acc_best_val=test_best,
-        test_acc_last=test_last,
-        best_val_acc=best_val,
-        epochs=epoch,
+        model,
+        lambda: evaluate(model, test_loader),
+        best_state,
+        (best_val, best_epoch, epoch, total_epochs, stopped_early),
+        notes,
         steps=steps,
         wall_seconds=wall,
         train_images_per_second=train_images / train_seconds,
-        notes=notes,
-        best_epoch=best_epoch,
         image_size=size,
         budget_seconds=budget,
     )
@@ -475,25 +468,18 @@ def protocol_loop(
     test_loader = DataLoader(
         DecodedFolder(task_dir / "test", size, mean, std, train=False, flip=False), batch_size=64, num_workers=0
     )
-    test_last = evaluate_cl(model, test_loader)
-    model.load_state_dict(best_state)
-    test_best = evaluate_cl(model, test_loader)
-    notes += f"; best epoch {best_epoch}/{epoch}"
-    if stopped_early:
-        notes += f"; stopped at the budget before the planned {total_epochs} epochs (cosine not finished)"
-    return result(
+    return _loop_result(
         method,
         task_dir,
         seed,
-        test_acc_best_val=test_best,
-        test_acc_last=test_last,
-        best_val_acc=best_val,
-        epochs=epoch,
+        model,
+        lambda: evaluate_cl(model, test_loader),
+        best_state,
+        (best_val, best_epoch, epoch, total_epochs, stopped_early),
+        notes,
         steps=steps,
         wall_seconds=wall,
         train_images_per_second=train_images / train_seconds,
-        notes=notes,
-        best_epoch=best_epoch,
         planned_epochs=total_epochs,
         flip=flip,
         image_size=size,
@@ -814,6 +800,42 @@ def main(argv: list[str] | None = None) -> None:
                 f"{method} seed {seed}: test(best val)={res['test_acc_best_val']:.4f} "
                 f"test(last)={_fmt(res['test_acc_last'])} epochs={res['epochs']} wall={res['wall_seconds']:.0f}s"
             )
+
+
+def _loop_result(
+    method: str,
+    task_dir: Path,
+    seed: int,
+    model: nn.Module,
+    test_accuracy: Callable[[], float],
+    best_state: dict[str, torch.Tensor],
+    progress: tuple[float, int, int, int, bool],
+    notes: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The result row of an epoch loop: test accuracy of the last and of the best-validation weights.
+
+    ``progress`` is (best val accuracy, best epoch, epochs run, planned epochs, stopped at the budget).
+    """
+    best_val, best_epoch, epoch, total_epochs, stopped_early = progress
+    test_last = test_accuracy()
+    model.load_state_dict(best_state)
+    test_best = test_accuracy()
+    notes += f"; best epoch {best_epoch}/{epoch}"
+    if stopped_early:
+        notes += f"; stopped at the budget before the planned {total_epochs} epochs (cosine not finished)"
+    return result(
+        method,
+        task_dir,
+        seed,
+        test_acc_best_val=test_best,
+        test_acc_last=test_last,
+        best_val_acc=best_val,
+        epochs=epoch,
+        notes=notes,
+        best_epoch=best_epoch,
+        **extra,
+    )
 
 
 if __name__ == "__main__":
