@@ -72,6 +72,7 @@ __all__ = [
     "Plan",
     "StageRow",
     "advise",
+    "measure_model",
     "recommend",
 ]
 
@@ -377,7 +378,7 @@ def advise(
     for name in models:
         say(f"measuring {name}")
         rows.append(
-            _measure_model(
+            measure_model(
                 name,
                 weights.get(name),
                 samples,
@@ -419,7 +420,7 @@ def _native_size(samples: Sequence[Sample], seed: int) -> tuple[int, int] | None
     return int(np.median([w for w, _ in sizes])), int(np.median([h for _, h in sizes]))
 
 
-def _measure_model(
+def measure_model(
     name: str,
     weights: str | None,
     samples: Sequence[Sample],

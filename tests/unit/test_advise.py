@@ -283,7 +283,7 @@ def test_advise_defaults_to_the_builtin_models_and_subsamples_per_class(
         seen[name] = [s.label for s in samples]
         return row(name)
 
-    monkeypatch.setattr(advise_mod, "_measure_model", fake_measure)
+    monkeypatch.setattr(advise_mod, "measure_model", fake_measure)
     result = advise(str(train), max_images=15)
     assert list(seen) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     assert all(np.bincount(labels).tolist() == [5, 5, 5] for labels in seen.values())  # half of each class

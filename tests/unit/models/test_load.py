@@ -12,7 +12,6 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-import thaw.models.load as load_mod
 from thaw.errors import ModelError
 from thaw.export import export_timm_dir
 from thaw.models.load import LoadedModel, load_model
@@ -135,9 +134,19 @@ def test_random_init() -> None:
         load_model("test_resnet", 3, random_init=True, weights="w.safetensors")
 
 
+def _hub_answers() -> bool:
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception:  # any network failure means: not reachable from here
+        return False
+    return True
+
+
 def test_hub_failure_is_fast_and_actionable() -> None:
     """Real path: this machine has no route to the Hub (skip where it has)."""
-    if load_mod._hub_unreachable() is None:
+    if _hub_answers():
         pytest.skip("the Hugging Face Hub is reachable here; the offline failure cannot be observed")
     start = time.monotonic()
     with pytest.raises(ModelError) as info:
@@ -149,7 +158,15 @@ def test_hub_failure_is_fast_and_actionable() -> None:
 
 
 def test_hub_error_while_reachable_is_wrapped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(load_mod, "_hub_unreachable", lambda: None)
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    class Answers:  # a session whose HEAD request to the Hub succeeds
+        def head(self, *args, **kwargs):
+            return None
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Answers())
 
     def boom(*args, **kwargs):
         raise OSError("repository not found")
@@ -160,10 +177,18 @@ def test_hub_error_while_reachable_is_wrapped(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_offline_uses_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reference, caplog) -> None:
-    path = tmp_path / "cached.safetensors"
-    save_file(reference.state_dict(), str(path))
-    monkeypatch.setattr(load_mod, "_hub_unreachable", lambda: "offline")
-    monkeypatch.setattr(load_mod, "_cached_hub_file", lambda name: str(path))
+    from huggingface_hub import constants
+    from timm.models import get_pretrained_cfg
+
+    # the Hugging Face cache layout a previous download leaves: refs/main names the snapshot holding the file
+    repo = tmp_path / "hub" / ("models--" + get_pretrained_cfg("test_resnet").hf_hub_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(reference.state_dict(), str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with caplog.at_level(logging.INFO, logger="thaw.models.load"):
         loaded = load_model("test_resnet", 1000)
     assert "using cached weights" in caplog.text
