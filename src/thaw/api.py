@@ -116,7 +116,68 @@ def _strict_check(cfg: FitConfig, skipped: Sequence[Skipped], where: str) -> Non
 
 def _default_out(cfg: FitConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.model.replace('/', '_')}-{cfg.strategy}-{stamp}"
+    model = "models" if cfg.models else cfg.model.replace("/", "_")
+    return Path("runs") / f"{model}-{cfg.strategy}-{stamp}"
+
+
+def _backbone(cfg: FitConfig, rd: RunDir, info: dist.DistInfo, progress: Progress | None) -> tuple[FitConfig, float]:
+    """auto with ``--models``: the backbone to fine-tune, and the seconds spent choosing it.
+
+    Cheap signals first: rank 0 measures every candidate on the training data as ``thaw advise`` does (a
+    cross-validated linear probe and LogME of its frozen features, the measured cost of an epoch) and takes the model
+    advise recommends; the measurements go to advise.json in the run directory and config.yaml records the choice.
+    A run that already chose (``--resume``) reads its choice back instead of measuring again.
+    """
+    if not cfg.models:
+        return cfg, 0.0
+    from thaw.advise import advise  # only runs with --models pay for the import
+
+    started = time.perf_counter()
+    chosen = ""
+    if info.is_main:
+        known = rd.read_advise().get("plan", {}).get("model")
+        if known:
+            chosen = str(known)
+        else:
+            say, candidates = progress or log.info, cfg.model_candidates()
+            say(f"auto: measuring {len(candidates)} candidate backbones: {', '.join(candidates)}")
+            result = advise(
+                cfg.train,
+                models=candidates,
+                img_size=cfg.img_size,
+                seed=cfg.seed,
+                time_budget=cfg.time_budget,
+                progress=say,
+            )
+            result.write_json(rd.advise_json)
+            chosen = result.plan.model
+            say(f"auto: backbone {chosen}: {result.plan.decisions[0].reason}")
+    chosen = dist.broadcast_string(chosen, info)
+    cfg = cfg.replace(model=chosen)
+    if info.is_main:
+        rd.config_yaml.write_text(cfg.to_yaml(), encoding="utf-8")
+    return cfg, time.perf_counter() - started
+
+
+def _backbone_decision(rd: RunDir) -> dict[str, Any] | None:
+    """The decision record of the backbone choice (summary.json ``decisions``), when ``--models`` made one."""
+    report = rd.read_advise()
+    plan = report.get("plan") or {}
+    if not plan.get("model"):
+        return None
+    why = next((d.get("reason", "") for d in plan.get("decisions", []) if d.get("topic") == "model"), "")
+    keys = ("rank", "model", "linear_accuracy", "logme", "img_size", "epoch_seconds")
+    return {
+        "phase": 0,
+        "decision": f"choose backbone {plan['model']}",
+        "reason": f"auto --models: {why}",
+        "signals": {
+            "chosen": plan["model"],
+            "ranking": [{k: row.get(k) for k in keys} for row in plan.get("ranking", [])],
+            "errors": {m["name"]: m["error"] for m in report.get("models", []) if m.get("error")},
+            "measure_seconds": report.get("seconds"),
+        },
+    }
 
 
 def _prepare_run_dir(path: Path, overwrite: bool) -> Path:
@@ -187,7 +248,8 @@ def fit(
         last = rd.last_checkpoint
         if not (last / "state.json").exists() and not (last.parent / "last.prev" / "state.json").exists():
             log.warning("%s has no finished epoch to resume from: starting the run again", rd.path)
-            return _fit_interruptible(cfg, rd.path, info, progress, None, on_step)
+            cfg, spent = _backbone(cfg, rd, info, progress)
+            return _fit_interruptible(cfg, rd.path, info, progress, None, on_step, spent)
         return _fit_interruptible(cfg, rd.path, info, progress, ckpt.load_checkpoint(last), on_step)
     if config is None:
         if train is None:
@@ -203,22 +265,17 @@ def fit(
     config = config.replace(out=str(run_dir)).resolved()
     if info.is_main:
         RunDir(run_dir).config_yaml.write_text(config.to_yaml(), encoding="utf-8")
-    return _fit_interruptible(config, run_dir, info, progress, None, on_step)
+    config, spent = _backbone(config, RunDir(run_dir), info, progress)
+    return _fit_interruptible(config, run_dir, info, progress, None, on_step, spent)
 
 
 Checkpoint = tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]
 
 
-def _fit_interruptible(
-    cfg: FitConfig,
-    run_dir: Path,
-    info: dist.DistInfo,
-    progress: Progress | None,
-    resume_from: Checkpoint | None,
-    on_step: StepHook | None = None,
-) -> FitResult:
+def _fit_interruptible(cfg: FitConfig, run_dir: Path, *args: Any) -> FitResult:
+    """``_fit`` (the rest of the arguments as ``_fit`` takes them) with a resume hint when interrupted."""
     try:
-        return _fit(cfg, RunDir(run_dir), info, progress, resume_from, on_step)
+        return _fit(cfg, RunDir(run_dir), *args)
     except KeyboardInterrupt:
         if (RunDir(run_dir).last_checkpoint / "state.json").exists():
             log.warning("interrupted: continue this run with `thaw fit --resume %s`", run_dir)
@@ -234,9 +291,12 @@ def _fit(
     progress: Progress | None,
     resume_from: Checkpoint | None,
     on_step: StepHook | None = None,
+    spent_before: float = 0.0,
 ) -> FitResult:
-    """The recipe: data -> model -> steps of the strategy -> evaluate -> export -> summary and report."""
-    elapsed_before = float(resume_from[1].get("elapsed_seconds", 0.0)) if resume_from else 0.0
+    """The recipe: data -> model -> steps of the strategy -> evaluate -> export -> summary and report.
+
+    ``spent_before``: seconds of the time budget already spent before this call (choosing the backbone)."""
+    elapsed_before = float(resume_from[1].get("elapsed_seconds", 0.0)) if resume_from else spent_before
     device = resolve_device(cfg.device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -314,6 +374,8 @@ def _fit(
     summary = _summary(cfg, loaded, pre, groups, scans.classes, data, runner, history, metrics, budget)
     summary.update(linear_probe_test_accuracy=probe_test, warnings=warnings)
     summary["decisions"] = [d.to_dict() for d in strategy.decisions(history)]
+    if (chosen := _backbone_decision(rd)) is not None:
+        summary["decisions"].insert(0, chosen)
     if info.enabled:
         digests = dist.gather_strings(dist.weights_digest(model_cpu), info)
         summary["distributed"] = {

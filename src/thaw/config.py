@@ -23,7 +23,7 @@ __all__ = ["FitConfig", "STRATEGIES", "parse_duration", "phase_patience"]
 
 OPTIMIZERS = ("adamw", "sgd")
 #: Augmentation presets (data/transforms.py builds them; defined here so config imports no torch).
-AUGMENT_PRESETS = ("none", "light", "strong")
+AUGMENT_PRESETS = ("none", "crop", "light", "strong")
 BN_POLICIES = ("auto", "frozen-eval", "train-all", "eval-all")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -54,6 +54,12 @@ class FitConfig:
         "efficientnet_lite0 otherwise uses its built-in offline weights)",
     )
     random_init: bool = _f(False, "train from random initialisation instead of pretrained weights")
+    models: str | None = _f(
+        None,
+        "auto only: comma-separated candidate backbones (e.g. efficientnet_lite0,efficientnet_lite1,"
+        "efficientnet_lite2); auto measures each on the training data as `thaw advise` does, within the time "
+        "budget, and fine-tunes the one it recommends (--model is then ignored)",
+    )
     img_size: int | None = _f(None, "input resolution in pixels; default: the model's pretrained config")
     # strategy
     strategy: str = _f("lp-ft", "which layers to thaw: " + ", ".join(STRATEGIES))
@@ -175,6 +181,11 @@ class FitConfig:
             return self.replace(bn="frozen-eval" if self.random_init else "eval-all")
         return self
 
+    def model_candidates(self) -> list[str]:
+        """The backbones of ``--models``, in order, without blanks and repeats (empty without ``--models``)."""
+        names = [n.strip() for n in (self.models or "").split(",")]
+        return list(dict.fromkeys(n for n in names if n))
+
     def replace(self, **changes: Any) -> FitConfig:
         """A copy with some fields changed, validated."""
         cfg = dataclasses.replace(self, **changes)
@@ -238,6 +249,13 @@ class FitConfig:
             problems.append(f"--cache-ram-mb must be >= 0 (got {self.cache_ram_mb})")
         if self.workers < 0:
             problems.append(f"--workers must be >= 0 (got {self.workers})")
+        if self.models is not None:
+            if not self.model_candidates():
+                problems.append("--models needs at least one model name (comma-separated)")
+            if self.strategy != "auto":
+                problems.append("--models is an auto decision: use it with --strategy auto (or `thaw advise`)")
+            if self.weights or self.random_init:
+                problems.append("--models chooses among pretrained backbones: drop --weights / --random-init")
         if self.refit and self.strategy != "auto":
             problems.append("--refit is an auto decision: use it with --strategy auto")
         if "groups" in required_options(self.strategy) and not self.groups:

@@ -4,6 +4,7 @@ This module is the one place that spells the names of the run-directory contract
 
     runs/NAME/
       config.yaml  summary.json  metrics.jsonl  audit.json  eval.json  predictions.jsonl
+      advise.json (auto with --models: the backbone measurements)
       model/  checkpoints/last/  report.html  plots/
 
 Readers are tolerant because a run may be read while it is written or after it was killed: a missing file reads
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from thaw.config import FitConfig
 
 __all__ = [
+    "ADVISE",
     "AUDIT",
     "CHECKPOINTS",
     "CONFIG",
@@ -55,6 +57,7 @@ METRICS = "metrics.jsonl"
 AUDIT = "audit.json"
 EVAL = "eval.json"
 PREDICTIONS = "predictions.jsonl"
+ADVISE = "advise.json"
 MODEL = "model"
 CHECKPOINTS = "checkpoints"
 REPORT = "report.html"
@@ -154,6 +157,7 @@ class RunDir:
     audit_json = _RunPath(AUDIT)
     eval_json = _RunPath(EVAL)
     predictions_jsonl = _RunPath(PREDICTIONS)
+    advise_json = _RunPath(ADVISE, doc="auto with ``--models``: what ``thaw advise`` measured of each backbone.")
     model_dir = _RunPath(MODEL, doc="The timm-compatible model folder (``config.json`` + ``model.safetensors``).")
     checkpoints_dir = _RunPath(CHECKPOINTS)
     last_checkpoint = _RunPath(
@@ -182,6 +186,10 @@ class RunDir:
         if not self.has_config():
             raise CheckpointError(f"{self.path} is not a thaw run directory (no {CONFIG})")
         return FitConfig.from_yaml(self.config_yaml)
+
+    def read_advise(self) -> dict[str, Any]:
+        """advise.json as a dict; empty when the run chose no backbone (no ``--models``) or has not yet."""
+        return _mapping(read_json(self.advise_json))
 
     def read_summary(self) -> dict[str, Any]:
         """summary.json as a dict; empty when the run has not written it (yet)."""

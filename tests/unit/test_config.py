@@ -53,3 +53,15 @@ def test_patience_defaults_to_a_quarter_of_the_phase() -> None:
     assert phase_patience(cfg, 20, minimum=5) == 5
     assert phase_patience(cfg.replace(patience=2), 40) == 2  # an explicit value is used as given
     assert phase_patience(cfg.replace(patience=0), 40) == 0  # off
+
+
+def test_models_is_an_auto_choice_among_pretrained_backbones() -> None:
+    cfg = FitConfig.from_dict({"train": "x", "strategy": "auto", "models": " a, b,,a ,c"})
+    assert cfg.model_candidates() == ["a", "b", "c"]  # order kept, blanks and repeats dropped
+    assert FitConfig.from_dict({"train": "x"}).model_candidates() == []
+    with pytest.raises(ConfigError, match="--models is an auto decision"):
+        FitConfig.from_dict({"train": "x", "strategy": "full", "models": "a,b"})
+    with pytest.raises(ConfigError, match="drop --weights"):
+        FitConfig.from_dict({"train": "x", "strategy": "auto", "models": "a,b", "weights": "w.safetensors"})
+    with pytest.raises(ConfigError, match="at least one model name"):
+        FitConfig.from_dict({"train": "x", "strategy": "auto", "models": " , "})

@@ -30,5 +30,5 @@ def test_config_reports_every_typo_with_a_hint() -> None:
     assert str(info.value) == (
         "unknown option 'epoch' (did you mean 'epochs'?); unknown option 'augmnt' (did you mean 'augment'?)"
     )
-    with pytest.raises(ConfigError, match=r"--augment 'lite' is not one of none, light, strong \(did you mean"):
+    with pytest.raises(ConfigError, match=r"--augment 'lite' is not one of none, crop, light, strong \(did you mean"):
         FitConfig(train="x", augment="lite").validate()

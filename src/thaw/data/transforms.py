@@ -118,8 +118,9 @@ class Preprocess:
 def make_augment(preset: str, size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Training augmentation on uint8 (3, S, S) tensors; returns a uint8 (3, size, size) tensor.
 
-    Presets: ``none`` (no augmentation, returns None), ``light`` (random resized crop, scale 0.6-1, and
-    horizontal flip), ``strong`` (light + TrivialAugmentWide + random erasing with p=0.25).
+    Presets: ``none`` (no augmentation, returns None), ``crop`` (random resized crop, scale 0.6-1: for data whose
+    mirror image is another class, e.g. digits and text), ``light`` (crop and horizontal flip), ``strong`` (light +
+    TrivialAugmentWide + random erasing with p=0.25).
 
     Args:
         preset: One of ``AUGMENT_PRESETS``.
@@ -138,10 +139,9 @@ def make_augment(preset: str, size: int) -> Callable[[torch.Tensor], torch.Tenso
         )
     if preset == "none":
         return None
-    steps: list[Callable[..., Any]] = [
-        v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-    ]
+    steps: list[Callable[..., Any]] = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True)]
+    if preset != "crop":
+        steps.append(v2.RandomHorizontalFlip())
     if preset == "strong":
         # RandomErasing fills with 0 by default, which keeps the uint8 dtype.
         steps += [v2.TrivialAugmentWide(), v2.RandomErasing(p=0.25)]

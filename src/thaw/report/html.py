@@ -289,7 +289,7 @@ def _race_html(summary: Mapping[str, Any]) -> str:
     for p in candidates:
         recipe = _mapping(p.get("signals")).get("recipe")
         verdict = _mapping(verdicts.get(str(p.get("index"))))
-        outcome = "won: trained for the rest of the budget" if recipe == winner else _text(verdict.get("verdict"))
+        outcome = "won: continued for the rest of the budget" if recipe == winner else _text(verdict.get("verdict"))
         rows.append(
             (
                 _text(recipe),

@@ -3,23 +3,23 @@
 1. **Probe.** Train the new head on frozen features (cached: about one forward pass). It measures how far the
    pretrained features get on their own, is the bar fine-tuning must clear, and is the head every later phase starts
    from (LP-FT, Kumar et al. 2022).
-2. **Race.** Candidates compared on short rungs of equal wall-clock cost, all from the probe's weights: the upper
-   third of the backbone (``partial``), every group (``full``), and every group with the PyTorch tutorial's recipe
-   (``full-sgd``: SGD, lr 0.01, BatchNorm statistics updated), which tolerates data far from ImageNet where frozen
-   statistics and AdamW do not. Exploration takes ``EXPLORE_SHARE`` of the budget, so it cannot starve the winner.
+2. **Race.** Candidates compared on rungs of equal wall-clock cost, both from the probe's weights: the upper third of
+   the backbone (``partial``) and every group (``full``). Exploration takes ``EXPLORE_SHARE`` of the budget.
 3. **Choose with the noise known.** A candidate is dropped only when it is worse than the leader beyond the noise
    of the comparison: a paired bootstrap over the validation images of the accuracy difference (95 %, one-sided).
    When the accuracies are within noise, the lower validation loss (paired, per image) decides: it moves in smaller
    steps than accuracy on a few images. Every comparison is recorded with its numbers.
-4. **Exploit.** The winner trains again from the probe's weights for the rest of the budget, its cosine schedule
-   sized in optimizer steps from the measured epoch cost so that it anneals to zero within the budget (no early
-   stop: on a few validation images it ends runs before the learning rate has annealed). The best weights on
-   validation across all phases are the result, and a last epoch within noise of them wins the tie.
+4. **Exploit.** The winner continues from the weights its rung selected, with its recipe, for the rest of the budget:
+   the rung is not thrown away, so only the losers' rungs cost exploitation time. Its cosine schedule is sized in
+   optimizer steps from the measured epoch cost so that it anneals to zero within the budget (no early stop: on a
+   few validation images it ends runs before the learning rate has annealed). The best weights on validation across
+   all phases are the result, and a last epoch within noise of them wins the tie.
 5. **Refit** (``--refit``): the winner's recipe trains on training + validation images for as many epochs as its
    validated run took; the budget is split between the two, and the summary says that nothing is held out.
 
 Without ``--time-budget`` auto chooses one from the data and the measured cost of an epoch (``_default_budget``),
-and says so in its first decision.
+and says so in its first decision. Why these candidates and not the PyTorch tutorial's SGD recipe:
+docs/benchmarks.md, "auto's race".
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from thaw.strategy import base
 from thaw.strategy.base import Candidates, Decision, Phase, PhaseResult, PlanContext, Refit, Step, StepResult
 from thaw.strategy.fixed import finetune_phase, probe_phase
 
-__all__ = ["AutoStrategy", "compare_paired", "choose", "EXPLORE_SHARE"]
+__all__ = ["AutoStrategy", "compare_paired", "choose", "flip_verdict", "paired_bootstrap", "EXPLORE_SHARE"]
 
 #: Share of the training budget the race takes (both rungs together); the winner gets the rest.
 EXPLORE_SHARE = 0.3
@@ -43,16 +43,6 @@ EXPLORE_SHARE = 0.3
 CONFIDENCE = 0.95
 #: Bootstrap resamples of the validation set.
 RESAMPLES = 2000
-#: The PyTorch transfer-learning tutorial's recipe, raced as a candidate: SGD at lr 0.01 with momentum, no weight decay,
-#: every group at the same rate, BatchNorm statistics updated (train mode). On data far from ImageNet (handwritten
-#: digits) it fine-tuned every group stably where AdamW with frozen statistics collapsed (docs/benchmarks.md, "Suite").
-SGD_RECIPE: dict[str, Any] = {
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "lr_scales": {},
-    "weight_decay": 0.0,
-    "bn_policy": "train-all",
-}
 #: Upper bound on the epochs of a phase whose length the clock sets.
 MAX_EPOCHS = 100_000
 #: Without --time-budget: the winner's run is planned for this many epochs ...
@@ -90,8 +80,15 @@ class Comparison:
 
 def compare_paired(leader: PhaseResult, other: PhaseResult, seed: int = 0) -> Comparison:
     """Paired bootstrap of the validation accuracy and loss differences between two phases' selected weights."""
-    a, b = np.asarray(leader.val_correct, dtype=float), np.asarray(other.val_correct, dtype=float)
-    la, lb = np.asarray(leader.val_nll, dtype=float), np.asarray(other.val_nll, dtype=float)
+    return paired_bootstrap(leader.val_correct, leader.val_nll, other.val_correct, other.val_nll, seed)
+
+
+def paired_bootstrap(
+    correct_a: Sequence[int], nll_a: Sequence[float], correct_b: Sequence[int], nll_b: Sequence[float], seed: int = 0
+) -> Comparison:
+    """Paired bootstrap over the same validation images of the accuracy and loss differences, a minus b."""
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    la, lb = np.asarray(nll_a, dtype=float), np.asarray(nll_b, dtype=float)
     n = len(a)
     if n == 0 or len(b) != n:
         return Comparison(math.nan, -math.inf, math.nan, -math.inf)
@@ -135,15 +132,38 @@ def choose(results: Sequence[PhaseResult], seed: int = 0) -> tuple[PhaseResult, 
     return winner, verdicts
 
 
+def flip_verdict(mirrored: Any, augment: str, seed: int = 0) -> tuple[str, dict[str, Any]]:
+    """The augmentation fine-tuning uses, and why: without horizontal flips when the mirror image carries the class.
+
+    The probe classifies the validation images and their mirror images. When it is worse on the mirror images beyond
+    noise (the paired bootstrap of the race), orientation tells classes apart (digits, text) or the data has one
+    orientation, and flipping training images would teach the model to ignore it: ``light`` becomes ``crop``. Other
+    presets are the user's explicit choice and stay.
+    """
+    if augment != "light" or not mirrored:
+        return augment, {}
+    c = paired_bootstrap(mirrored[0], mirrored[1], mirrored[2], mirrored[3], seed)
+    n = max(len(mirrored[0]), 1)
+    record = {
+        "val_accuracy": sum(mirrored[0]) / n,
+        "mirrored_val_accuracy": sum(mirrored[2]) / n,
+        **c.to_dict(),
+        "flip": not c.beyond_noise,
+    }
+    return ("light", record) if not c.beyond_noise else ("crop", record)
+
+
 @dataclass
 class AutoStrategy:
     name: str = "auto"
 
     def needs(self, history: Sequence[StepResult]) -> base.Measurements:
         """After the probe, the cost of a fine-tuning epoch sizes the race (and the budget when none is given). A
-        probe on cached features measured it for free (its forward pass); only an uncached probe asks."""
+        probe on cached features measured it for free (its forward pass); only an uncached probe asks. The probe's
+        validation numbers on mirrored images decide whether fine-tuning flips (``flip_verdict``)."""
         probe = base.phase_results(history)[:1]
-        return base.Measurements(epoch_seconds=len(history) == 1 and not probe[0].setup_seconds)
+        after_probe = len(history) == 1
+        return base.Measurements(epoch_seconds=after_probe and not probe[0].setup_seconds, mirrored=after_probe)
 
     @staticmethod
     def _epoch_seconds(ctx: PlanContext, probe: PhaseResult) -> float:
@@ -215,13 +235,13 @@ class AutoStrategy:
         backbone = list(range(head))
         epoch = 0.0 if done else self._epoch_seconds(ctx, probe)
         full = tuple(range(head + 1))
-        # name -> (trainable groups, recipe changes over the run's settings)
-        recipes: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {
-            "partial": (tuple(sorted([*backbone[-max(1, math.ceil(len(backbone) / 3)) :], head])), {}),
-            "full": (full, {}),
-            "full-sgd": (full, SGD_RECIPE),
+        # name -> trainable groups
+        recipes: dict[str, tuple[int, ...]] = {
+            "partial": tuple(sorted([*backbone[-max(1, math.ceil(len(backbone) / 3)) :], head])),
+            "full": full,
         }
         rung = float(done[0].phase.signals["rung_seconds"]) if done else EXPLORE_SHARE * budget / len(recipes)
+        augment, flip = self._augment(ctx, done)
         if epoch and rung < epoch:
             return None  # too little time to learn anything from a rung: the final run takes the budget
         names = [g.name for g in ctx.groups]
@@ -232,17 +252,34 @@ class AutoStrategy:
                     f"race-{name}",
                     trainable,
                     rung,
-                    {"role": "candidate", "recipe": name, "budget_source": source, "rung_seconds": rung},
-                    f"auto race: {name} ({', '.join(names[i] for i in trainable)}"
-                    + "".join(f", {k} {v}" for k, v in changes.items())
-                    + f") for {rung:.0f}s from the probe's weights; {source}",
+                    {"role": "candidate", "recipe": name, "budget_source": source, "rung_seconds": rung, "flip": flip},
+                    f"auto race: {name} ({', '.join(names[i] for i in trainable)}) for {rung:.0f}s from the probe's "
+                    f"weights; {source}{self._flip_text(augment, flip)}",
                 ),
-                **changes,
+                keep=True,  # the winner continues from the weights its rung selected
+                augment=augment,
             )
-            for name, (trainable, changes) in recipes.items()
+            for name, trainable in recipes.items()
         )
         return Candidates(
             phases, reason=f"equal-cost rungs of {rung:.0f}s each ({EXPLORE_SHARE:.0%} of {budget:.0f}s in all)"
+        )
+
+    @staticmethod
+    def _augment(ctx: PlanContext, done: Sequence[PhaseResult]) -> tuple[str, dict[str, Any]]:
+        """Fine-tuning's augmentation: decided once, on the probe's mirrored-image numbers; a resumed race keeps it."""
+        if done:
+            return done[0].phase.augment, dict(done[0].phase.signals.get("flip") or {})
+        return flip_verdict(ctx.signals.mirrored, ctx.config.augment, ctx.config.seed)
+
+    @staticmethod
+    def _flip_text(augment: str, flip: dict[str, Any]) -> str:
+        if not flip or flip.get("flip"):
+            return ""
+        return (
+            f"; augment {augment} (no horizontal flip): the probe's validation accuracy on mirror images is "
+            f"{flip['mirrored_val_accuracy']:.4f} against {flip['val_accuracy']:.4f}, lower beyond noise (lower bound "
+            f"of the difference {flip['accuracy_diff_lower_bound']:+.4f})"
         )
 
     @staticmethod
@@ -258,10 +295,11 @@ class AutoStrategy:
         if ctx.seconds_left is not None and ctx.seconds_left <= 0:
             return None
         template: Phase | None = None
+        start = "phase:0"
         if race:
             winner, verdicts = choose(race, ctx.config.seed)
             recipe, template = str(winner.phase.signals["recipe"]), winner.phase
-            trainable = winner.phase.trainable
+            trainable, start = winner.phase.trainable, f"phase:{winner.index}"
             why = f"{recipe} won the race (val {winner.selected_val_accuracy:.4f}, loss {winner.selected_val_loss:.4f})"
             signals: dict[str, Any] = {
                 "role": "final",
@@ -270,8 +308,11 @@ class AutoStrategy:
             }
         else:
             recipe, trainable = "full", tuple(range(ctx.head + 1))
-            why = "no race (a rung would be shorter than one epoch): every group trains"
-            signals = {"role": "final", "recipe": recipe}
+            augment, flip = self._augment(ctx, ())
+            why = "no race (a rung would be shorter than one epoch): every group trains" + self._flip_text(
+                augment, flip
+            )
+            signals = {"role": "final", "recipe": recipe, "flip": flip}
         if ctx.budget_seconds is not None:
             seconds = ctx.seconds_left if ctx.seconds_left is not None else ctx.budget_seconds
         else:
@@ -280,13 +321,13 @@ class AutoStrategy:
             seconds /= 2  # the refit on training + validation images needs as long again
         signals["planned_seconds"] = seconds
         name = f"auto-{recipe}"
-        reason = (
-            f"auto: {why}; it trains again from the probe's weights for {seconds:.0f}s, the schedule sized to end "
-            "within it"
-        )
+        origin = "its rung's selected weights" if template is not None else "the probe's weights"
+        reason = f"auto: {why}; it continues from {origin} for {seconds:.0f}s, the schedule sized to end within it"
         if template is not None:  # the winner's whole recipe (optimizer, lr, BatchNorm policy), for longer
-            return replace(template, name=name, seconds=seconds, signals=signals, reason=reason)
-        return self._phase(ctx, name, trainable, seconds, signals, reason)
+            return replace(
+                template, name=name, seconds=seconds, signals=signals, reason=reason, start=start, keep=False
+            )
+        return replace(self._phase(ctx, name, trainable, seconds, signals, reason), augment=augment)
 
     # ------------------------------------------------------------------ explain
     def decisions(self, history: Sequence[StepResult]) -> list[Decision]:
@@ -306,6 +347,9 @@ class AutoStrategy:
         race = [p for p in phases if p.phase.signals.get("role") == "candidate"]
         spent = sum(p.seconds for p in race) + (phases[0].seconds if phases else 0.0)
         total = sum(p.seconds for p in phases)
+        final = [p for p in phases if p.phase.signals.get("role") == "final"]
+        kept = final[0].phase.start_phase() if final else None
+        discarded = sum(p.seconds for p in race if p.index != kept)
         out.append(
             Decision(
                 len(history),
@@ -317,6 +361,8 @@ class AutoStrategy:
                     "exploration_seconds": spent,
                     "training_seconds": total,
                     "exploration_share": spent / total if total else 0.0,
+                    "discarded_seconds": discarded,
+                    "discarded_share": discarded / total if total else 0.0,
                 },
             )
         )

@@ -127,6 +127,8 @@ class Measurements:
     """The cost of a fine-tuning epoch of every group (forward + backward), measured on a few batches."""
     grad_norms: bool = False
     """Relative gradient norm ||g|| / ||theta|| of every layer group (Auto-RGN)."""
+    mirrored: bool = False
+    """The current weights' per-image validation numbers on the validation images and on their mirror images."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class Signals:
     epoch_seconds: float | None = None
     """Seconds of one fine-tuning epoch of every group: training images forward + backward, validation forward."""
     grad_norms: Mapping[str, float] | None = None
+    mirrored: tuple[Sequence[int], Sequence[float], Sequence[int], Sequence[float]] | None = None
+    """Per-image (correct, loss) on the validation images, then on their horizontal mirror images."""
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ class WarmupCosine:
         self.warmup_steps = self._warmup(self.total_steps)
 
     def _warmup(self, total: int) -> int:
-        return min(max(int(self.warmup_fraction * total), self.min_warmup_steps), total // 3)
+        return min(max(int(self.warmup_fraction * total), self.min_warmup_steps), total // 2)
 
     def resize(self, total_steps: int) -> None:
         """Re-size the schedule to ``total_steps`` (the clock planned the phase's length), warmup included: a

@@ -34,7 +34,6 @@ from thaw.strategy.base import (
     Signals,
     Step,
     StepResult,
-    min_gain,
 )
 from thaw.train import checkpoint as ckpt
 from thaw.train import state as run_state
@@ -50,7 +49,7 @@ from thaw.train.loop import (
 )
 from thaw.train.optim import build_optimizer, l2sp_regularizer, no_decay_params, param_groups, steps_per_epoch
 from thaw.train.prefix import ActivationStore
-from thaw.train.selection import PhaseSelection, Scored, Selection, scored, state_copy
+from thaw.train.selection import PhaseSelection, Scored, Selection, noise_margin, scored, state_copy
 from thaw.train.sources import EpochSource, Feed, ImageSource, concat, open_source
 
 __all__ = ["Runner", "EpochState", "resolve_device", "resolve_amp"]
@@ -281,8 +280,19 @@ class Runner:
 
     def measure(self, needs: Measurements, batches: int = 4) -> Signals:
         """What a strategy asked to have measured with the current weights (a few training batches)."""
+        mirrored = None
+        if needs.mirrored:
+            plain, val, chunk = self.validation_score(), self.val_data, 512  # chunks: a mirrored copy of a slice only
+            parts = [
+                self.predict_logits(
+                    replace(val, images=val.images[i : i + chunk].flip(-1), labels=val.labels[i : i + chunk])
+                )[1]
+                for i in range(0, len(val), chunk)
+            ]
+            flipped = scored(torch.cat(parts) if parts else torch.empty(0), val.labels)
+            mirrored = (plain.correct, plain.nll, flipped.correct, flipped.nll)
         if not (needs.epoch_seconds or needs.grad_norms):
-            return Signals()
+            return Signals(mirrored=mirrored)
         from thaw.strategy.signals import relative_grad_norms
 
         bs, n = self.config.batch_size, len(self.train_data)
@@ -298,7 +308,7 @@ class Runner:
         # a training epoch: forward+backward over the (sharded) training set, plus a forward pass over validation
         local = -(-n // self.dist.world_size)
         epoch = broadcast_float(per_image * local + per_image / 3 * len(self.val_data), self.dist, self.device)
-        return Signals(epoch_seconds=epoch, grad_norms=rgn if needs.grad_norms else None)
+        return Signals(epoch_seconds=epoch, grad_norms=rgn if needs.grad_norms else None, mirrored=mirrored)
 
     def weight_soup(self, members: Sequence[int], index: int, history: Sequence[StepResult] = ()) -> AverageResult:
         """Average the kept weights of ``members`` (``Selection.soup``); adopted unless validation vetoes it."""
@@ -427,7 +437,10 @@ class Runner:
     def _optimizer(self, phase: Phase, st: EpochState, spe: int) -> _Optim:
         lr_phase = replace(phase, lr=phase.lr * st.lr_factor)
         groups = self.optimizer_groups(lr_phase)
-        opt, sched, schedule = build_optimizer(self.config, lr_phase, groups, st.planned_epochs * spe, spe)
+        head = len(self.groups) - 1
+        opt, sched, schedule = build_optimizer(
+            self.config, lr_phase, groups, st.planned_epochs * spe, spe, any(g != head for g in phase.trainable)
+        )
         if st.total_steps:
             schedule.resize(st.total_steps)
         st.total_steps = schedule.total_steps
@@ -589,7 +602,10 @@ class Runner:
         take_last = (
             st.epochs_done > 0
             and stopped != "non-finite-loss"
-            and (phase.refit or sel.last.accuracy >= sel.best.accuracy - min_gain(len(self.val_data)))
+            and (
+                phase.refit
+                or sel.last.accuracy >= sel.best.accuracy - noise_margin(sel.best.accuracy, len(self.val_data))
+            )
         )
         chosen = sel.last if take_last else sel.best
         if phase.refit and st.epochs_done:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from thaw.strategy.base import min_gain
 
-__all__ = ["Scored", "Selection", "PhaseSelection", "average_states", "soup_margin", "scored"]
+__all__ = ["Scored", "Selection", "PhaseSelection", "average_states", "noise_margin", "scored"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,11 @@ def average_states(states: Sequence[State]) -> State:
     return out
 
 
-def soup_margin(mean_accuracy: float, num_val: int) -> float:
-    """Noise of a validation accuracy: two binomial standard errors, sqrt(p(1-p)/n), and at least ``min_gain``."""
+def noise_margin(mean_accuracy: float, num_val: int) -> float:
+    """Noise of a validation accuracy: two binomial standard errors, sqrt(p(1-p)/n), and at least ``min_gain``.
+
+    Used wherever one set of weights must beat another on validation to be taken (a soup, the best epoch over the
+    last): on 20 validation images two standard errors are about 18 points, on 1000 about 2."""
     n = max(num_val, 1)
     p = min(max(mean_accuracy, 0.0), 1.0)
     return max(min_gain(n), 2 * math.sqrt(p * (1 - p) / n))
@@ -98,15 +101,15 @@ class Selection:
     def prefer_last(self, model: torch.nn.Module, phase: int, epochs: int, last: Scored) -> str | None:
         """At a phase's end, keep its last weights when their accuracy is within noise of the best so far.
 
-        The best-validation epoch is a maximum over noisy estimates (100 validation images: one image is a point);
-        the end of the schedule is the converged model. A difference under ``min_gain`` (two images, at least half
-        a point) is not evidence against it, so the last epoch wins such ties (measurements: docs/benchmarks.md,
+        The best-validation epoch is a maximum over many noisy estimates, so it is biased upward; the end of the
+        schedule is the converged model. A difference within ``noise_margin`` (two binomial standard errors, at least
+        two images) is not evidence against the last epoch, so it wins such ties (measurements: docs/benchmarks.md,
         "Selection").
 
         Returns:
             The note for summary.json when the last epoch was taken, else None.
         """
-        margin = min_gain(self.num_val)
+        margin = noise_margin(self.best.accuracy, self.num_val)
         if self.best_where == (phase, epochs) or not last.accuracy >= self.best.accuracy - margin:
             return None
         before, where = self.best, self.best_where
@@ -136,7 +139,7 @@ class Selection:
         Runs that start from the same weights and differ only in data order and augmentation land in one basin, so
         their average is one model that usually generalises better than each run (docs/benchmarks.md, "Weight
         soup"). Validation only vetoes: on few images it is too noisy to pick ingredients, so the soup is adopted
-        unless it falls below the runs' mean, or below the best weights so far, by more than ``soup_margin``.
+        unless it falls below the runs' mean, or below the best weights so far, by more than ``noise_margin``.
 
         Args:
             model: the model to load the soup into (the best weights are restored afterwards).
@@ -155,7 +158,7 @@ class Selection:
         score: Scored = evaluate()
         accs = [self.kept[m][1].accuracy for m in present]
         mean_acc = sum(accs) / len(accs)
-        margin = soup_margin(mean_acc, self.num_val)
+        margin = noise_margin(mean_acc, self.num_val)
         slack = margin + 1e-6  # a difference of exactly the margin counts as within it despite float rounding
         adopted = score.accuracy >= mean_acc - slack and score.accuracy >= self.best.accuracy - slack
         info: dict[str, Any] = {

@@ -84,7 +84,7 @@ def test_tiny_and_wide_images() -> None:
     assert pre(Image.new("RGB", (500, 3))).shape == (3, 16, 16)
 
 
-@pytest.mark.parametrize("preset", ["light", "strong"])
+@pytest.mark.parametrize("preset", ["crop", "light", "strong"])
 def test_augment_presets_keep_uint8_shape(preset: str) -> None:
     torch.manual_seed(0)
     augment = make_augment(preset, 24)
@@ -95,9 +95,24 @@ def test_augment_presets_keep_uint8_shape(preset: str) -> None:
     assert any(not torch.equal(o, x) for o in outs)
 
 
+def test_crop_never_mirrors_and_light_does() -> None:
+    torch.manual_seed(0)
+    x = torch.zeros((3, 32, 32), dtype=torch.uint8)
+    x[:, :, :8] = 255  # a bright left edge: a mirror image has it on the right
+
+    def right_heavy(preset: str) -> int:
+        augment = make_augment(preset, 32)
+        assert augment is not None
+        outs = [augment(x) for _ in range(40)]
+        return sum(int(o[:, :, 16:].float().mean() > o[:, :, :16].float().mean()) for o in outs)
+
+    assert right_heavy("crop") == 0
+    assert right_heavy("light") > 5
+
+
 def test_augment_none_and_unknown() -> None:
     assert make_augment("none", 24) is None
-    assert AUGMENT_PRESETS == ("none", "light", "strong")
+    assert AUGMENT_PRESETS == ("none", "crop", "light", "strong")
     with pytest.raises(ConfigError, match="did you mean 'strong'"):
         make_augment("stong", 24)
 

@@ -9,7 +9,7 @@ import timm
 
 from thaw.config import FitConfig
 from thaw.models.groups import layer_groups
-from thaw.strategy.auto import EXPLORE_SHARE, AutoStrategy, choose, compare_paired
+from thaw.strategy.auto import EXPLORE_SHARE, AutoStrategy, choose, compare_paired, flip_verdict
 from thaw.strategy.base import Candidates, Phase, PhaseResult, PlanContext, Refit, Signals, StepResult
 
 
@@ -66,22 +66,20 @@ def test_starts_with_a_cached_probe_whose_weights_are_kept() -> None:
     assert AutoStrategy().needs([]).epoch_seconds is False
 
 
-def test_after_the_probe_it_races_three_recipes_on_equal_cost_rungs_from_the_probe() -> None:
+def test_after_the_probe_it_races_two_recipes_on_equal_cost_rungs_from_the_probe() -> None:
     ctx = _ctx(seconds_left=170.0)
     auto, history = _probe(ctx)
     assert auto.needs(history).epoch_seconds  # the race is sized from the measured epoch cost
     race = auto.next_step(ctx, history)
     assert isinstance(race, Candidates)
-    partial, full, sgd = race.phases
+    partial, full = race.phases
     head = ctx.head
     assert full.trainable == tuple(range(head + 1)) and head in partial.trainable and 0 not in partial.trainable
     assert full.optimizer is None and full.bn_policy == ctx.config.bn
-    assert sgd.trainable == full.trainable and sgd.optimizer == "sgd" and sgd.lr == 0.01 and sgd.lr_scales == {}
-    assert sgd.bn_policy == "train-all" and sgd.weight_decay == 0.0
-    rung = EXPLORE_SHARE * 170.0 / 3
+    rung = EXPLORE_SHARE * 170.0 / 2
     for p in race.phases:
         assert p.start == "phase:0" and p.seconds == pytest.approx(rung) and p.patience == 0
-        assert p.signals["role"] == "candidate"
+        assert p.signals["role"] == "candidate" and p.keep  # the winner continues from its rung
     assert sum(p.seconds or 0 for p in race.phases) == pytest.approx(EXPLORE_SHARE * 170.0)
 
 
@@ -104,29 +102,28 @@ def test_no_race_when_a_rung_is_shorter_than_an_epoch_the_final_run_takes_the_bu
     assert final.start == "phase:0" and final.patience == 0 and final.epochs > 10_000
 
 
-def test_a_candidate_worse_beyond_noise_is_dropped_and_the_winner_trains_for_the_rest_of_the_budget() -> None:
+def test_a_candidate_worse_beyond_noise_is_dropped_and_the_winner_continues_for_the_rest_of_the_budget() -> None:
     ctx = _ctx(seconds_left=170.0)
     auto, history = _probe(ctx)
     race = auto.next_step(ctx, history)
     assert isinstance(race, Candidates)
     history.append(_result(1, race.phases[0], [1] * 60 + [0] * 40, nll=0.6))  # partial
-    history.append(_result(2, race.phases[1], [1] * 30 + [0] * 70, nll=1.7))  # full collapsed
-    history.append(_result(3, race.phases[2], [1] * 85 + [0] * 15, nll=0.7))  # full-sgd: 25 images better
+    history.append(_result(2, race.phases[1], [1] * 85 + [0] * 15, nll=0.7))  # full: 25 images better
     final = auto.next_step(replace(ctx, seconds_left=110.0, signals=Signals()), history)
-    assert isinstance(final, Phase) and final.name == "auto-full-sgd" and final.seconds == pytest.approx(110.0)
-    # the winner's whole recipe trains again, from the probe, with no early stop
-    assert (final.optimizer, final.lr, final.bn_policy, final.start, final.patience) == (
-        "sgd",
-        0.01,
-        "train-all",
-        "phase:0",
+    assert isinstance(final, Phase) and final.name == "auto-full" and final.seconds == pytest.approx(110.0)
+    # the winner's recipe continues from the weights its rung selected, with no early stop, and keeps nothing
+    assert (final.trainable, final.lr, final.start, final.patience, final.keep) == (
+        race.phases[1].trainable,
+        race.phases[1].lr,
+        "phase:2",
         0,
+        False,
     )
+    assert "continues from its rung's selected weights" in final.reason
     verdict = final.signals["race"]["1"]
     assert verdict["beyond_noise"] and verdict["accuracy_diff"] == pytest.approx(0.25)
     assert verdict["verdict"].startswith("dropped: val accuracy")
-    assert final.signals["race"]["2"]["beyond_noise"]
-    assert auto.next_step(replace(ctx, seconds_left=2.0), [*history, _result(4, final, [1] * 90 + [0] * 10)]) is None
+    assert auto.next_step(replace(ctx, seconds_left=2.0), [*history, _result(3, final, [1] * 90 + [0] * 10)]) is None
 
 
 def test_within_noise_the_lower_validation_loss_decides() -> None:
@@ -171,7 +168,7 @@ def test_without_a_time_budget_auto_chooses_one_from_the_measured_epoch_cost_and
     assert isinstance(race, Candidates)
     # 300 images at batch 64: 5 steps per epoch, so 600 steps = 120 epochs of 2s, plus the race
     chosen = 120 * 2.0 / (1 - EXPLORE_SHARE)
-    assert race.phases[0].seconds == pytest.approx(EXPLORE_SHARE * chosen / 3)
+    assert race.phases[0].seconds == pytest.approx(EXPLORE_SHARE * chosen / 2)
     assert "no --time-budget" in race.phases[0].signals["budget_source"]
 
 
@@ -183,15 +180,50 @@ def test_decisions_record_every_phase_and_the_share_of_time_spent_exploring() ->
     history += [_result(i + 1, p, [1] * (60 + 10 * i) + [0] * (40 - 10 * i)) for i, p in enumerate(race.phases)]
     final = auto.next_step(replace(ctx, seconds_left=110.0), history)
     assert isinstance(final, Phase)
-    history.append(_result(4, final, [1] * 88 + [0] * 12, seconds=100.0))
+    history.append(_result(3, final, [1] * 88 + [0] * 12, seconds=100.0))
     decisions = auto.decisions(history)
     assert [d.decision for d in decisions] == [
         "run linear-probe",
         "run race-partial",
         "run race-full",
-        "run race-full-sgd",
-        "run auto-full-sgd",
+        "run auto-full",
         "stop",
     ]
-    assert decisions[-1].signals["exploration_share"] == pytest.approx((3 + 3 * 20) / (3 + 3 * 20 + 100))
+    assert decisions[-1].signals["exploration_share"] == pytest.approx((3 + 2 * 20) / (3 + 2 * 20 + 100))
+    # only the loser's rung is thrown away: the winner's continues
+    assert decisions[-1].signals["discarded_share"] == pytest.approx(20 / (3 + 2 * 20 + 100))
     assert all(d.reason for d in decisions)
+
+
+def _mirrored(plain: int, mirrored: int, n: int = 100) -> tuple[list[int], list[float], list[int], list[float]]:
+    """Per-image numbers of a probe: ``plain`` of n right on the images, ``mirrored`` right on their mirror images
+    (the mirror's right ones a subset of the plain's, as when orientation carries the class)."""
+    a = [1] * plain + [0] * (n - plain)
+    b = [1] * mirrored + [0] * (n - mirrored)
+    return a, [0.3 if c else 2.0 for c in a], b, [0.3 if c else 2.0 for c in b]
+
+
+def test_flips_are_dropped_only_when_the_mirror_image_is_classified_worse_beyond_noise() -> None:
+    augment, record = flip_verdict(_mirrored(90, 60), "light")  # digits: a mirrored 3 is not a 3
+    assert augment == "crop" and not record["flip"] and record["mirrored_val_accuracy"] == pytest.approx(0.6)
+    assert record["accuracy_diff_lower_bound"] > 0
+    augment, record = flip_verdict(_mirrored(90, 89), "light")  # photos: one image is noise
+    assert augment == "light" and record["flip"]
+    assert flip_verdict(_mirrored(90, 60), "strong") == ("strong", {})  # an explicit preset is the user's choice
+    assert flip_verdict(None, "light") == ("light", {})  # nothing measured: nothing changes
+
+
+def test_the_race_and_the_final_run_fine_tune_without_flips_when_the_probe_says_so() -> None:
+    ctx = _ctx(seconds_left=170.0)
+    auto, history = _probe(ctx)
+    assert auto.needs(history).mirrored
+    race = auto.next_step(replace(ctx, signals=Signals(epoch_seconds=2.0, mirrored=_mirrored(90, 60))), history)
+    assert isinstance(race, Candidates)
+    assert all(p.augment == "crop" and "no horizontal flip" in p.reason for p in race.phases)
+    history.append(_result(1, race.phases[0], [1] * 60 + [0] * 40))
+    # resumed after the first candidate, with nothing measured: the second keeps the decision
+    rest = auto.next_step(replace(ctx, signals=Signals()), history)
+    assert isinstance(rest, Candidates) and rest.phases[0].augment == "crop"
+    history.append(_result(2, rest.phases[0], [1] * 85 + [0] * 15))
+    final = auto.next_step(replace(ctx, seconds_left=110.0, signals=Signals()), history)
+    assert isinstance(final, Phase) and final.augment == "crop"

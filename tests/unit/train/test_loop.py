@@ -38,8 +38,8 @@ def test_warmup_ramps_linearly_then_cosine_ends_at_zero() -> None:
 
 def test_warmup_length_rules() -> None:
     assert WarmupCosine(30, 0.0, min_warmup_steps=4).warmup_steps == 4  # at least one epoch of warmup when asked
-    assert WarmupCosine(6, 0.9).warmup_steps == 2  # never more than a third of the steps
-    assert WarmupCosine(6, 0.9, min_warmup_steps=5).warmup_steps == 2
+    assert WarmupCosine(6, 0.9).warmup_steps == 3  # never more than half the steps
+    assert WarmupCosine(6, 0.9, min_warmup_steps=5).warmup_steps == 3
     zero = WarmupCosine(0, 0.1)  # an empty phase still gives a valid factor
     assert zero.total_steps == 1 and zero.warmup_steps == 0 and zero(0) == 1.0 and zero(1) == 0.0
 
@@ -183,3 +183,19 @@ def test_resize_sizes_the_warmup_to_the_new_length() -> None:
     f.resize(50)  # the clock says 50 steps fit
     assert f.total_steps == 50 and f.warmup_steps == 5
     assert f(4) == pytest.approx(5 / 6) and f(5) == pytest.approx(1.0) and f(50) == pytest.approx(0.0)
+
+
+def test_a_phase_that_thaws_backbone_groups_warms_up_for_at_least_min_warmup_steps() -> None:
+    from thaw.config import FitConfig
+    from thaw.strategy.base import Phase
+    from thaw.train.optim import MIN_WARMUP_STEPS, build_optimizer
+
+    cfg = FitConfig(train="unused")
+    groups = [{"params": [nn.Parameter(torch.zeros(2))], "lr": 0.1}]
+    phase = Phase(name="p", trainable=(0, 1), epochs=10, lr=0.1)
+    *_, backbone = build_optimizer(cfg, phase, groups, total_steps=100, steps_per_epoch=2, thaws_backbone=True)
+    *_, head_only = build_optimizer(cfg, phase, groups, total_steps=100, steps_per_epoch=2, thaws_backbone=False)
+    assert backbone.warmup_steps == MIN_WARMUP_STEPS  # 10 % of 100 steps would be 10
+    assert head_only.warmup_steps == 10  # a head on frozen features keeps the 10 % warmup
+    *_, short = build_optimizer(cfg, phase, groups, total_steps=30, steps_per_epoch=2, thaws_backbone=True)
+    assert short.warmup_steps == 15  # capped at half the phase
