@@ -55,6 +55,7 @@ def measure(task_dir: Path, warmups: list[int], steps: int, size: int, seed: int
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()  # thaw's default --bn eval-all
 
+    val_probe = val_accuracy()
     rows = []
     for w in warmups:
         model.load_state_dict(probe)
@@ -62,6 +63,8 @@ def measure(task_dir: Path, warmups: list[int], steps: int, size: int, seed: int
         ids = {id(p) for p in head}
         rest = [p for p in model.parameters() if id(p) not in ids]
         opt = torch.optim.AdamW([{"params": head, "lr": 1e-3}, {"params": rest, "lr": 5e-4}], weight_decay=0.01)
+        # thaw's WarmupCosine formula, written out: WarmupCosine caps the warmup at half the phase, and the
+        # 40-of-40 row measures a warmup with no cosine after it
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt,
             lambda s, w=w: (s + 1) / (w + 1) if s < w else 0.5 * (1 + math.cos(math.pi * (s - w) / max(1, steps - w))),
@@ -82,11 +85,8 @@ def measure(task_dir: Path, warmups: list[int], steps: int, size: int, seed: int
             if step == 0 or step == steps - 1:
                 curve.append(val_accuracy())
         rows.append({"task": task_dir.parent.name, "seed": seed, "warmup": w, "steps": steps,
-                     "val_probe": None, "val_after_first_step": curve[0], "val_end": curve[-1],
+                     "val_probe": val_probe, "val_after_first_step": curve[0], "val_end": curve[-1],
                      "seconds": time.perf_counter() - start})  # fmt: skip
-    model.load_state_dict(probe)
-    for r in rows:
-        r["val_probe"] = val_accuracy()
     return rows
 
 

@@ -132,25 +132,27 @@ def choose(results: Sequence[PhaseResult], seed: int = 0) -> tuple[PhaseResult, 
     return winner, verdicts
 
 
-def flip_verdict(mirrored: Any, augment: str, seed: int = 0) -> tuple[str, dict[str, Any]]:
+def flip_verdict(
+    probe: PhaseResult, mirrored: tuple[Sequence[int], Sequence[float]] | None, augment: str, seed: int = 0
+) -> tuple[str, dict[str, Any]]:
     """The augmentation fine-tuning uses, and why: without horizontal flips when the mirror image carries the class.
 
-    The probe classifies the validation images and their mirror images. When it is worse on the mirror images beyond
-    noise (the paired bootstrap of the race), orientation tells classes apart (digits, text) or the data has one
-    orientation, and flipping training images would teach the model to ignore it: ``light`` becomes ``crop``. Other
-    presets are the user's explicit choice and stay.
+    The probe's selected weights classify the validation images (its recorded ``val_correct``) and their mirror
+    images (``mirrored``). When they are worse on the mirror images beyond noise (the race's paired bootstrap),
+    orientation tells classes apart (digits, text) or the data has one orientation, and flipping training images
+    would teach the model to ignore it: ``light`` becomes ``crop``. Other presets are the user's explicit choice.
     """
     if augment != "light" or not mirrored:
         return augment, {}
-    c = paired_bootstrap(mirrored[0], mirrored[1], mirrored[2], mirrored[3], seed)
+    c = paired_bootstrap(probe.val_correct, probe.val_nll, mirrored[0], mirrored[1], seed)
     n = max(len(mirrored[0]), 1)
     record = {
-        "val_accuracy": sum(mirrored[0]) / n,
-        "mirrored_val_accuracy": sum(mirrored[2]) / n,
+        "val_accuracy": sum(probe.val_correct) / n,
+        "mirrored_val_accuracy": sum(mirrored[0]) / n,
         **c.to_dict(),
         "flip": not c.beyond_noise,
     }
-    return ("light", record) if not c.beyond_noise else ("crop", record)
+    return ("crop" if c.beyond_noise else "light"), record
 
 
 @dataclass
@@ -234,14 +236,12 @@ class AutoStrategy:
         head = ctx.head
         backbone = list(range(head))
         epoch = 0.0 if done else self._epoch_seconds(ctx, probe)
-        full = tuple(range(head + 1))
-        # name -> trainable groups
-        recipes: dict[str, tuple[int, ...]] = {
+        recipes = {  # name -> trainable groups
             "partial": tuple(sorted([*backbone[-max(1, math.ceil(len(backbone) / 3)) :], head])),
-            "full": full,
+            "full": tuple(range(head + 1)),
         }
         rung = float(done[0].phase.signals["rung_seconds"]) if done else EXPLORE_SHARE * budget / len(recipes)
-        augment, flip = self._augment(ctx, done)
+        augment, flip = self._augment(ctx, probe, done)
         if epoch and rung < epoch:
             return None  # too little time to learn anything from a rung: the final run takes the budget
         names = [g.name for g in ctx.groups]
@@ -266,11 +266,11 @@ class AutoStrategy:
         )
 
     @staticmethod
-    def _augment(ctx: PlanContext, done: Sequence[PhaseResult]) -> tuple[str, dict[str, Any]]:
+    def _augment(ctx: PlanContext, probe: PhaseResult, done: Sequence[PhaseResult]) -> tuple[str, dict[str, Any]]:
         """Fine-tuning's augmentation: decided once, on the probe's mirrored-image numbers; a resumed race keeps it."""
         if done:
             return done[0].phase.augment, dict(done[0].phase.signals.get("flip") or {})
-        return flip_verdict(ctx.signals.mirrored, ctx.config.augment, ctx.config.seed)
+        return flip_verdict(probe, ctx.signals.mirrored, ctx.config.augment, ctx.config.seed)
 
     @staticmethod
     def _flip_text(augment: str, flip: dict[str, Any]) -> str:
@@ -294,40 +294,39 @@ class AutoStrategy:
         probe = phases[0]
         if ctx.seconds_left is not None and ctx.seconds_left <= 0:
             return None
-        template: Phase | None = None
-        start = "phase:0"
-        if race:
-            winner, verdicts = choose(race, ctx.config.seed)
-            recipe, template = str(winner.phase.signals["recipe"]), winner.phase
-            trainable, start = winner.phase.trainable, f"phase:{winner.index}"
-            why = f"{recipe} won the race (val {winner.selected_val_accuracy:.4f}, loss {winner.selected_val_loss:.4f})"
-            signals: dict[str, Any] = {
-                "role": "final",
-                "recipe": recipe,
-                "race": {str(k): v for k, v in verdicts.items()},
-            }
-        else:
-            recipe, trainable = "full", tuple(range(ctx.head + 1))
-            augment, flip = self._augment(ctx, ())
-            why = "no race (a rung would be shorter than one epoch): every group trains" + self._flip_text(
-                augment, flip
-            )
-            signals = {"role": "final", "recipe": recipe, "flip": flip}
         if ctx.budget_seconds is not None:
             seconds = ctx.seconds_left if ctx.seconds_left is not None else ctx.budget_seconds
         else:
             seconds = self._budget(ctx, probe)[0] * (1 - EXPLORE_SHARE)
         if ctx.config.refit:
             seconds /= 2  # the refit on training + validation images needs as long again
-        signals["planned_seconds"] = seconds
-        name = f"auto-{recipe}"
-        origin = "its rung's selected weights" if template is not None else "the probe's weights"
-        reason = f"auto: {why}; it continues from {origin} for {seconds:.0f}s, the schedule sized to end within it"
-        if template is not None:  # the winner's whole recipe (optimizer, lr, BatchNorm policy), for longer
+        plan = f"for {seconds:.0f}s, the schedule sized to end within it"
+        if race:  # the winner's whole recipe continues from the weights its rung selected, for longer
+            winner, verdicts = choose(race, ctx.config.seed)
+            recipe = str(winner.phase.signals["recipe"])
+            why = f"{recipe} won the race (val {winner.selected_val_accuracy:.4f}, loss {winner.selected_val_loss:.4f})"
+            race_record = {str(k): v for k, v in verdicts.items()}
             return replace(
-                template, name=name, seconds=seconds, signals=signals, reason=reason, start=start, keep=False
+                winner.phase,
+                name=f"auto-{recipe}",
+                seconds=seconds,
+                signals={"role": "final", "recipe": recipe, "race": race_record, "planned_seconds": seconds},
+                reason=f"auto: {why}; it continues from its rung's selected weights {plan}",
+                start=f"phase:{winner.index}",
+                keep=False,
             )
-        return replace(self._phase(ctx, name, trainable, seconds, signals, reason), augment=augment)
+        augment, flip = self._augment(ctx, probe, ())
+        why = "no race (a rung would be shorter than one epoch): every group trains" + self._flip_text(augment, flip)
+        signals = {"role": "final", "recipe": "full", "flip": flip, "planned_seconds": seconds}
+        phase = self._phase(
+            ctx,
+            "auto-full",
+            tuple(range(ctx.head + 1)),
+            seconds,
+            signals,
+            f"auto: {why}; from the probe's weights {plan}",
+        )
+        return replace(phase, augment=augment)
 
     # ------------------------------------------------------------------ explain
     def decisions(self, history: Sequence[StepResult]) -> list[Decision]:

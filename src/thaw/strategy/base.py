@@ -128,7 +128,8 @@ class Measurements:
     grad_norms: bool = False
     """Relative gradient norm ||g|| / ||theta|| of every layer group (Auto-RGN)."""
     mirrored: bool = False
-    """The current weights' per-image validation numbers on the validation images and on their mirror images."""
+    """The current weights' per-image numbers on the mirror images of the validation set (their numbers on the
+    images themselves are the last phase's ``val_correct`` / ``val_nll``)."""
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,8 @@ class Signals:
     epoch_seconds: float | None = None
     """Seconds of one fine-tuning epoch of every group: training images forward + backward, validation forward."""
     grad_norms: Mapping[str, float] | None = None
-    mirrored: tuple[Sequence[int], Sequence[float], Sequence[int], Sequence[float]] | None = None
-    """Per-image (correct, loss) on the validation images, then on their horizontal mirror images."""
+    mirrored: tuple[Sequence[int], Sequence[float]] | None = None
+    """Per-image (correct, loss) on the horizontal mirror images of the validation set."""
 
 
 @dataclass(frozen=True)

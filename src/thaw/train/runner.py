@@ -282,7 +282,9 @@ class Runner:
         """What a strategy asked to have measured with the current weights (a few training batches)."""
         mirrored = None
         if needs.mirrored:
-            plain, val, chunk = self.validation_score(), self.val_data, 512  # chunks: a mirrored copy of a slice only
+            # the plain validation numbers of these weights are already recorded (the probe's selection); only the
+            # mirror images are new. In chunks: a mirrored copy of a slice at a time, not of the whole set.
+            val, chunk = self.val_data, 512
             parts = [
                 self.predict_logits(
                     replace(val, images=val.images[i : i + chunk].flip(-1), labels=val.labels[i : i + chunk])
@@ -290,7 +292,7 @@ class Runner:
                 for i in range(0, len(val), chunk)
             ]
             flipped = scored(torch.cat(parts) if parts else torch.empty(0), val.labels)
-            mirrored = (plain.correct, plain.nll, flipped.correct, flipped.nll)
+            mirrored = (flipped.correct, flipped.nll)
         if not (needs.epoch_seconds or needs.grad_norms):
             return Signals(mirrored=mirrored)
         from thaw.strategy.signals import relative_grad_norms

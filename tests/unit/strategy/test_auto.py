@@ -195,29 +195,32 @@ def test_decisions_record_every_phase_and_the_share_of_time_spent_exploring() ->
     assert all(d.reason for d in decisions)
 
 
-def _mirrored(plain: int, mirrored: int, n: int = 100) -> tuple[list[int], list[float], list[int], list[float]]:
-    """Per-image numbers of a probe: ``plain`` of n right on the images, ``mirrored`` right on their mirror images
-    (the mirror's right ones a subset of the plain's, as when orientation carries the class)."""
-    a = [1] * plain + [0] * (n - plain)
+def _mirrored(plain: int, mirrored: int, n: int = 100) -> tuple[PhaseResult, tuple[list[int], list[float]]]:
+    """A probe with ``plain`` of n right on the validation images, and its numbers on their mirror images with
+    ``mirrored`` right (the mirror's right ones a subset of the plain's, as when orientation carries the class)."""
+    probe = _result(0, Phase("linear-probe", (0,), 1, 1e-2), [1] * plain + [0] * (n - plain))
+    probe = replace(probe, val_nll=[0.3 if c else 2.0 for c in probe.val_correct])
     b = [1] * mirrored + [0] * (n - mirrored)
-    return a, [0.3 if c else 2.0 for c in a], b, [0.3 if c else 2.0 for c in b]
+    return probe, (b, [0.3 if c else 2.0 for c in b])
 
 
 def test_flips_are_dropped_only_when_the_mirror_image_is_classified_worse_beyond_noise() -> None:
-    augment, record = flip_verdict(_mirrored(90, 60), "light")  # digits: a mirrored 3 is not a 3
+    augment, record = flip_verdict(*_mirrored(90, 60), "light")  # digits: a mirrored 3 is not a 3
     assert augment == "crop" and not record["flip"] and record["mirrored_val_accuracy"] == pytest.approx(0.6)
     assert record["accuracy_diff_lower_bound"] > 0
-    augment, record = flip_verdict(_mirrored(90, 89), "light")  # photos: one image is noise
+    augment, record = flip_verdict(*_mirrored(90, 89), "light")  # photos: one image is noise
     assert augment == "light" and record["flip"]
-    assert flip_verdict(_mirrored(90, 60), "strong") == ("strong", {})  # an explicit preset is the user's choice
-    assert flip_verdict(None, "light") == ("light", {})  # nothing measured: nothing changes
+    assert flip_verdict(*_mirrored(90, 60), "strong") == ("strong", {})  # an explicit preset is the user's choice
+    assert flip_verdict(_mirrored(90, 60)[0], None, "light") == ("light", {})  # nothing measured: nothing changes
 
 
 def test_the_race_and_the_final_run_fine_tune_without_flips_when_the_probe_says_so() -> None:
     ctx = _ctx(seconds_left=170.0)
     auto, history = _probe(ctx)
     assert auto.needs(history).mirrored
-    race = auto.next_step(replace(ctx, signals=Signals(epoch_seconds=2.0, mirrored=_mirrored(90, 60))), history)
+    probe, mirrored = _mirrored(90, 60)
+    history = [replace(probe, phase=history[0].phase)]
+    race = auto.next_step(replace(ctx, signals=Signals(epoch_seconds=2.0, mirrored=mirrored)), history)
     assert isinstance(race, Candidates)
     assert all(p.augment == "crop" and "no horizontal flip" in p.reason for p in race.phases)
     history.append(_result(1, race.phases[0], [1] * 60 + [0] * 40))
