@@ -61,6 +61,9 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("thaw_auto", ("--strategy", "auto")),
+        # auto with the batch size thaw used before it was chosen from the data (docs/benchmarks.md, "Batch size
+        # from the data"); not in --methods all
+        Method("thaw_auto_bs64", ("--strategy", "auto", "--batch-size", "64")),
         Method("thaw_auto_refit", ("--strategy", "auto", "--refit"), needs_flag="--refit"),
         Method("thaw_linear", ("--strategy", "linear", *FIXED_EPOCHS), fixed=True),
         Method("thaw_last-k1", ("--strategy", "last-k", "--k", "1", *FIXED_EPOCHS), fixed=True),
@@ -74,8 +77,8 @@ METHODS: dict[str, Method] = {
         Method("plain_finetune"),
     )
 }
-#: ``--methods all``: every row of the protocol (plain_finetune, the older loop, only when named).
-ALL_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "plain_finetune")
+#: ``--methods all``: every row of the protocol (plain_finetune, the older loop, and thaw_auto_bs64 only when named).
+ALL_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in ("plain_finetune", "thaw_auto_bs64"))
 FIXED_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.fixed)
 #: summary.json keys not copied into the result line (bulky and the same for every run).
 _DROP_SUMMARY_KEYS = ("groups", "classes")

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+
+def hub_cache_with(cache: Path, name: str, state_dict: dict[str, Any]) -> Path:
+    """Put ``state_dict`` where a previous download of timm model ``name``'s pretrained weights leaves them: the
+    Hugging Face cache layout under ``cache`` (``refs/main`` names the snapshot holding ``model.safetensors``)."""
+    from safetensors.torch import save_file
+    from timm.models import get_pretrained_cfg
+
+    repo = cache / ("models--" + get_pretrained_cfg(name).hf_hub_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(snapshot / "model.safetensors"))
+    return cache
 
 
 def write_image_folder(root: Path, classes: dict[str, int], size: int = 32, seed: int = 0) -> Path:

@@ -348,6 +348,11 @@ def _fit(
         on_step=on_step if main else None,
         dist=info,
     )
+    if cfg.batch_size is None:  # chosen from the training set by the runner: say so, and record it
+        cfg = runner.config
+        say(f"batch size {cfg.batch}: chosen from {len(data.train)} training images (--batch-size sets it)")
+        if main:
+            rd.config_yaml.write_text(cfg.to_yaml(), encoding="utf-8")
     budget.reserve = _final_seconds(runner, data.test)
     strategy = make_strategy(cfg.strategy)
     ctx = PlanContext(
@@ -653,6 +658,7 @@ def _summary(
         "eval_split": "test" if data.test is not None else "val",
         "epochs": runner.global_epoch,
         "steps": sum(r.steps for r in phases),
+        "batch_size": runner.config.batch,
         "wall_seconds": budget.elapsed(),
         "time_budget": cfg.time_budget,
         "train_images_per_second": total_imgs / total_secs if total_secs else 0.0,

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from PIL import Image
 
 import thaw
 from tests.conftest import write_image_folder
 from thaw.cli import main
+from thaw.config import default_batch_size
 from thaw.data.sample import sample_data_dir
 from thaw.strategy.auto import EXPLORE_SHARE
 
@@ -95,6 +97,9 @@ def test_fit_writes_the_run_directory_contract(lite0_run: Path) -> None:
     ):
         assert key in summary, key
     assert summary["strategy"] == "last-k" and summary["model"] == "efficientnet_lite0"
+    # no --batch-size: chosen from the training images and recorded, so that --resume trains with the same
+    config = yaml.safe_load((lite0_run / "config.yaml").read_text())
+    assert config["batch_size"] == summary["batch_size"] == default_batch_size(summary["data"]["train"]) == 32
     assert summary["model_source"].startswith("builtin")
     (phase,) = summary["phases"]
     assert phase["trainable_groups"] == ["blocks.5", "blocks.6", "head"]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from thaw.config import FitConfig, parse_duration
+from thaw.config import FitConfig, default_batch_size, parse_duration
 from thaw.errors import ConfigError
 
 
@@ -65,3 +65,22 @@ def test_models_is_an_auto_choice_among_pretrained_backbones() -> None:
         FitConfig.from_dict({"train": "x", "strategy": "auto", "models": "a,b", "weights": "w.safetensors"})
     with pytest.raises(ConfigError, match="at least one model name"):
         FitConfig.from_dict({"train": "x", "strategy": "auto", "models": " , "})
+
+
+@pytest.mark.parametrize(
+    ("images", "size"),
+    [(1, 16), (40, 16), (100, 16), (255, 16), (256, 32), (300, 32), (511, 32), (512, 64), (1000, 64), (60000, 64)],
+)
+def test_default_batch_size_is_the_largest_power_of_two_giving_eight_steps(images: int, size: int) -> None:
+    assert default_batch_size(images) == size
+
+
+def test_the_batch_size_left_to_thaw_is_chosen_from_the_data_and_a_given_one_is_kept() -> None:
+    cfg = FitConfig.from_dict({"train": "x"})
+    assert cfg.batch_size is None and cfg.resolved().batch_size is None  # unknown until the data is
+    with pytest.raises(RuntimeError, match="chosen from the data"):
+        _ = cfg.batch
+    assert cfg.resolved(num_train=300).batch == 32
+    assert cfg.replace(batch_size=8).resolved(num_train=300).batch == 8
+    with pytest.raises(ConfigError, match="--batch-size must be at least 1"):
+        cfg.replace(batch_size=0)

@@ -221,7 +221,7 @@ class AutoStrategy:
             left = ctx.seconds_left if ctx.seconds_left is not None else ctx.budget_seconds
             return left, f"{left:.0f}s of the --time-budget left after the probe"
         epoch = self._epoch_seconds(ctx, probe)
-        spe = max(1, math.ceil(ctx.num_train / ctx.config.batch_size))
+        spe = max(1, math.ceil(ctx.num_train / ctx.config.batch))
         epochs = max(DEFAULT_EPOCHS, math.ceil(DEFAULT_STEPS / spe))
         lo, hi = DEFAULT_BUDGET_BOUNDS
         seconds = min(hi, max(lo, epochs * epoch / (1 - EXPLORE_SHARE)))

@@ -162,10 +162,11 @@ class Runner:
         on_step: StepHook | None = None,
         dist: DistInfo | None = None,
     ) -> None:
-        self.config = config.resolved()
+        self.dist = dist or DistInfo()
+        # a batch size left to thaw is chosen from the images each process steps through in an epoch
+        self.config = config.resolved(num_train=-(-len(train_data) // self.dist.world_size))
         self.model, self.groups, self.device = model, list(groups), device
         self.run_dir, self.sink, self.progress, self.on_step = run_dir, sink, progress, on_step
-        self.dist = dist or DistInfo()
         self.budget = budget or Budget(None, dist=self.dist, device=device)
         self.amp_dtype = resolve_amp(self.config.amp, device)
         self.feed = Feed(train_data, val_data, self.config, mean, std, device, self.amp_dtype)
@@ -297,7 +298,7 @@ class Runner:
             return Signals(mirrored=mirrored)
         from thaw.strategy.signals import relative_grad_norms
 
-        bs, n = self.config.batch_size, len(self.train_data)
+        bs, n = self.config.batch, len(self.train_data)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))[: batches * bs]
         sub = self.train_data.subset(order.tolist())
         data = list(tensor_batches(sub.images, sub.labels, bs, transform=self.feed.normalize, device=self.device))
@@ -333,7 +334,7 @@ class Runner:
         source, forward = self._open(phase, feed)
         sharded = self.dist.enabled and source.sharded
         n_train = len(feed.train)
-        spe = steps_per_epoch(-(-n_train // self.dist.world_size) if sharded else n_train, self.config.batch_size)
+        spe = steps_per_epoch(-(-n_train // self.dist.world_size) if sharded else n_train, self.config.batch)
         # a phase whose length the clock sets starts with a short plan, so its warmup is not sized to a guess; the
         # plan grows to the epochs that fit once the first ones are timed
         timed = phase.seconds is not None or self.budget.seconds is not None

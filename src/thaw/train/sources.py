@@ -81,8 +81,8 @@ class Feed:
         """Batch size of forward-only passes: twice the training batch on accelerators; at most 32 on CPU, where
         larger batches are no faster but hold 4x the activations (docs/benchmarks.md, "Memory")."""
         if self.device.type == "cpu":
-            return min(self.config.batch_size, 32)
-        return self.config.batch_size * 2
+            return min(self.config.batch, 32)
+        return self.config.batch * 2
 
     def train_batches(self, augment: str, order: torch.Tensor) -> Iterator[Batch]:
         """The training images in ``order``, augmented with the ``augment`` preset, normalised, on the device."""
@@ -91,10 +91,10 @@ class Feed:
         if aug is not None and cfg.workers > 0:
             loader = torch.utils.data.DataLoader(
                 ImageDataset(data, aug),
-                batch_size=cfg.batch_size,
+                batch_size=cfg.batch,
                 sampler=order.tolist(),
                 num_workers=cfg.workers,
-                drop_last=len(data) % cfg.batch_size == 1 and len(data) > 1,
+                drop_last=len(data) % cfg.batch == 1 and len(data) > 1,
                 pin_memory=self.device.type == "cuda",
             )
             for x, y in loader:
@@ -109,7 +109,7 @@ class Feed:
         yield from tensor_batches(
             data.images,
             data.labels,
-            cfg.batch_size,
+            cfg.batch,
             order=order,
             transform=transform,
             device=self.device,
@@ -187,7 +187,7 @@ class FeatureSource:
 
     def train(self, order: torch.Tensor, epoch: int, step: TrainFn) -> EpochStats:
         self.classifier.train()
-        bs = self.feed.config.batch_size
+        bs = self.feed.config.batch
         stats = step(
             self.classifier,
             tensor_batches(self.train_feats, self.feed.train.labels, bs, order=order, device=self.feed.device),
@@ -196,7 +196,7 @@ class FeatureSource:
         return stats
 
     def validate(self) -> tuple[EpochStats, torch.Tensor]:
-        bs = self.feed.config.batch_size * 2
+        bs = self.feed.config.batch * 2
         self.classifier.eval()
         return evaluate(
             self.classifier,
@@ -248,7 +248,7 @@ class PrefixSource:
     def train(self, order: torch.Tensor, epoch: int, step: TrainFn) -> EpochStats:
         view = self.train_acts[epoch % len(self.train_acts)]
         with SuffixForward(self.model, self.plan, runner=self.forward) as suffix:
-            return step(suffix, self._batches(view, self.feed.train.labels, self.feed.config.batch_size, order))
+            return step(suffix, self._batches(view, self.feed.train.labels, self.feed.config.batch, order))
 
     def validate(self) -> tuple[EpochStats, torch.Tensor]:
         self.model.eval()

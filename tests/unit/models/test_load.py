@@ -12,6 +12,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from tests.conftest import hub_cache_with
 from thaw.errors import ModelError
 from thaw.export import export_timm_dir
 from thaw.models.load import LoadedModel, load_model
@@ -178,15 +179,8 @@ def test_hub_error_while_reachable_is_wrapped(monkeypatch: pytest.MonkeyPatch) -
 
 def test_offline_uses_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reference, caplog) -> None:
     from huggingface_hub import constants
-    from timm.models import get_pretrained_cfg
 
-    # the Hugging Face cache layout a previous download leaves: refs/main names the snapshot holding the file
-    repo = tmp_path / "hub" / ("models--" + get_pretrained_cfg("test_resnet").hf_hub_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("0" * 40)
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    save_file(reference.state_dict(), str(snapshot / "model.safetensors"))
+    hub_cache_with(tmp_path / "hub", "test_resnet", reference.state_dict())
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with caplog.at_level(logging.INFO, logger="thaw.models.load"):

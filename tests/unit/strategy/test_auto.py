@@ -17,7 +17,7 @@ def _ctx(
     seconds_left: float | None = 170.0, budget: float | None = 180.0, epoch: float = 2.0, **cfg: object
 ) -> PlanContext:
     model = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
-    config = FitConfig.from_dict({"train": "x", "strategy": "auto", **cfg})
+    config = FitConfig.from_dict({"train": "x", "strategy": "auto", **cfg}).resolved(num_train=300)  # as the runner
     return PlanContext(
         config=config,
         groups=tuple(layer_groups(model)),
@@ -166,8 +166,8 @@ def test_without_a_time_budget_auto_chooses_one_from_the_measured_epoch_cost_and
     auto, history = _probe(ctx)
     race = auto.next_step(ctx, history)
     assert isinstance(race, Candidates)
-    # 300 images at batch 64: 5 steps per epoch, so 600 steps = 120 epochs of 2s, plus the race
-    chosen = 120 * 2.0 / (1 - EXPLORE_SHARE)
+    # 300 images at the default batch of 32: 10 steps per epoch, so 600 steps = 60 epochs of 2s, plus the race
+    chosen = 60 * 2.0 / (1 - EXPLORE_SHARE)
     assert race.phases[0].seconds == pytest.approx(EXPLORE_SHARE * chosen / 2)
     assert "no --time-budget" in race.phases[0].signals["budget_source"]
 
