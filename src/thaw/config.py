@@ -41,8 +41,8 @@ def default_batch_size(num_images: int) -> int:
 
     A few hundred images at 64 make an epoch of 2-5 steps, so a run under a time budget takes few, large steps. On
     the suite's tasks with fewer than 512 training images, auto at the chosen 16 or 32 reached a higher mean test
-    accuracy than at 64 on three of four tasks (about even on the fourth), although smaller batches train fewer
-    images per second on a CPU: docs/benchmarks.md, "Batch size from the data".
+    accuracy than at 64 on three of four tasks (lower within noise on the fourth, 40 images), although smaller
+    batches train fewer images per second on a CPU: docs/benchmarks.md, "Batch size from the data".
     """
     lo, hi = BATCH_BOUNDS
     size = hi
