@@ -350,7 +350,8 @@ def _fit(
     )
     if cfg.batch_size is None:  # chosen from the training set by the runner: say so, and record it
         cfg = runner.config
-        say(f"batch size {cfg.batch}: chosen from {len(data.train)} training images (--batch-size sets it)")
+        per = f", {-(-len(data.train) // info.world_size)} per process" if info.enabled else ""
+        say(f"batch size {cfg.batch}: chosen from {len(data.train)} training images{per} (--batch-size sets it)")
         if main:
             rd.config_yaml.write_text(cfg.to_yaml(), encoding="utf-8")
     budget.reserve = _final_seconds(runner, data.test)
@@ -658,7 +659,7 @@ def _summary(
         "eval_split": "test" if data.test is not None else "val",
         "epochs": runner.global_epoch,
         "steps": sum(r.steps for r in phases),
-        "batch_size": runner.config.batch,
+        "batch_size": cfg.batch,
         "wall_seconds": budget.elapsed(),
         "time_budget": cfg.time_budget,
         "train_images_per_second": total_imgs / total_secs if total_secs else 0.0,

@@ -440,9 +440,9 @@ class Runner:
     def _optimizer(self, phase: Phase, st: EpochState, spe: int) -> _Optim:
         lr_phase = replace(phase, lr=phase.lr * st.lr_factor)
         groups = self.optimizer_groups(lr_phase)
-        head = len(self.groups) - 1
+        thaws_backbone = any(g < len(self.groups) - 1 for g in phase.trainable)
         opt, sched, schedule = build_optimizer(
-            self.config, lr_phase, groups, st.planned_epochs * spe, spe, any(g != head for g in phase.trainable)
+            self.config, lr_phase, groups, st.planned_epochs * spe, spe, thaws_backbone
         )
         if st.total_steps:
             schedule.resize(st.total_steps)
