@@ -57,6 +57,8 @@ class Method:
 
 
 FIXED_EPOCHS = ("--epochs", "1000")
+#: The built-in backbones auto chooses among in the ``thaw_auto_models`` row (issue 13).
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -65,6 +67,11 @@ METHODS: dict[str, Method] = {
         # from the data"); not in --methods all
         Method("thaw_auto_bs64", ("--strategy", "auto", "--batch-size", "64")),
         Method("thaw_auto_refit", ("--strategy", "auto", "--refit"), needs_flag="--refit"),
+        # issue 13's backbone rows (thaw_auto is Lite0, the default model): auto on each other built-in backbone,
+        # and auto choosing among the three at the same budget; not in --methods all, named by --methods backbones
+        Method("thaw_auto_lite1", ("--strategy", "auto", "--model", "efficientnet_lite1")),
+        Method("thaw_auto_lite2", ("--strategy", "auto", "--model", "efficientnet_lite2")),
+        Method("thaw_auto_models", ("--strategy", "auto", "--models", ",".join(BACKBONES))),
         Method("thaw_linear", ("--strategy", "linear", *FIXED_EPOCHS), fixed=True),
         Method("thaw_last-k1", ("--strategy", "last-k", "--k", "1", *FIXED_EPOCHS), fixed=True),
         Method("thaw_last-k2", ("--strategy", "last-k", "--k", "2", *FIXED_EPOCHS), fixed=True),
@@ -77,8 +84,12 @@ METHODS: dict[str, Method] = {
         Method("plain_finetune"),
     )
 }
-#: ``--methods all``: every row of the protocol (plain_finetune, the older loop, and thaw_auto_bs64 only when named).
-ALL_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in ("plain_finetune", "thaw_auto_bs64"))
+#: ``--methods backbones``: issue 13's rows (auto on each built-in backbone, and auto choosing among them).
+BACKBONE_METHODS: tuple[str, ...] = ("thaw_auto", "thaw_auto_lite1", "thaw_auto_lite2", "thaw_auto_models")
+_ONLY_WHEN_NAMED = ("plain_finetune", "thaw_auto_bs64", *BACKBONE_METHODS[1:])
+#: ``--methods all``: every row of the protocol (the older loop, thaw_auto_bs64 and the backbone rows only when
+#: named).
+ALL_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in _ONLY_WHEN_NAMED)
 FIXED_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.fixed)
 #: summary.json keys not copied into the result line (bulky and the same for every run).
 _DROP_SUMMARY_KEYS = ("groups", "classes")
@@ -265,8 +276,12 @@ def one_main(argv: list[str]) -> None:
 
 
 def parse_methods(spec: str) -> list[str]:
-    """``all`` -> every protocol row; else a comma-separated list of ``METHODS`` names."""
-    names = list(ALL_METHODS) if spec == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+    """``all`` -> every protocol row; ``backbones`` -> issue 13's rows; else a comma-separated list of ``METHODS``
+    names (``all`` and ``backbones`` may appear in the list)."""
+    names: list[str] = []
+    for m in (m.strip() for m in spec.split(",")):
+        expanded = ALL_METHODS if m == "all" else BACKBONE_METHODS if m == "backbones" else (m,) if m else ()
+        names += [n for n in expanded if n not in names]
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
@@ -284,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the benchmark suite (bench/tasks.py x seeds x methods).")
     parser.add_argument("--tasks", default="all", help=f"comma-separated from {', '.join(TASKS)}, or all")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default="all", help=f"comma-separated from {', '.join(METHODS)}, or all")
+    parser.add_argument("--methods", default="all", help=f"comma-separated from {', '.join(METHODS)}, all or backbones")
     parser.add_argument("--budget", type=float, default=180.0, help="seconds per run (default 180)")
     parser.add_argument("--root", type=Path, default=Path("bench/data"), help="task folders")
     parser.add_argument("--runs", type=Path, default=Path("bench/out/suite_runs"), help="thaw run folders")

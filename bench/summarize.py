@@ -8,8 +8,10 @@ the share of the budget used and training images/second. Each task gets an **ora
 (``bench.suite.FIXED_METHODS``) with the best mean test accuracy, chosen in hindsight on test. Then, for ``auto``
 rows, what each run explored and the share of its wall time that exploration took, read from the run's
 ``summary.json`` as far as it says it; then the acceptance check of issue 11 (auto ≥ oracle − one standard error
-of the oracle's mean, auto ≥ the tutorial loop; auto's budget share within [0.90, 1.05]). Skipped and failed runs
-are listed at the end, never averaged.
+of the oracle's mean, auto ≥ the tutorial loop; auto's budget share within [0.90, 1.05]); then, where the
+backbone rows ran, issue 13's check (auto choosing among the backbones ≥ the best single backbone − one standard
+error; how often the choice matched the best backbone of that seed, and the accuracy given up). Skipped and failed
+runs are listed at the end, never averaged.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from typing import Any
 
 #: Fixed thaw strategies (the oracle's candidates): the suite's, and the older baselines.py names.
 FIXED = ("thaw_linear", "thaw_last-k1", "thaw_last-k2", "thaw_lp-ft", "thaw_full", "thaw_last-k", "thaw_gradual")
-AUTO = ("thaw_auto", "thaw_auto_refit")
+AUTO = ("thaw_auto", "thaw_auto_refit", "thaw_auto_lite1", "thaw_auto_lite2", "thaw_auto_models")
+#: Issue 13: auto on one backbone per row (thaw_auto: the default Lite0), and auto choosing among them.
+SINGLE_BACKBONE = {
+    "thaw_auto": "efficientnet_lite0",
+    "thaw_auto_lite1": "efficientnet_lite1",
+    "thaw_auto_lite2": "efficientnet_lite2",
+}
+CHOOSER = "thaw_auto_models"
 Row = dict[str, Any]
 
 
@@ -227,6 +236,50 @@ def acceptance(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def backbones(rows: Sequence[Row]) -> str:
+    """Issue 13's bar per task: auto choosing among the backbones (``thaw_auto_models``) against auto on each one.
+
+    The best backbone in hindsight is the single-backbone row with the best mean test accuracy; the chooser passes
+    when its mean is at least that mean minus one standard error of it. Per seed, the chosen backbone (summary.json
+    ``model``) matches when it is the single-backbone row that scored best on that seed; "given up" is the mean over
+    seeds of that seed's best single-backbone accuracy minus the chooser's (negative: the chooser scored higher).
+    """
+    grouped = groups(rows)
+    names = list(SINGLE_BACKBONE)
+    lines = [
+        "| task | " + " | ".join(f"auto, {SINGLE_BACKBONE[m]}" for m in names) + " | auto choosing (--models) "
+        "| best − 1 SE | within | chosen per seed | matched best of that seed | given up |",
+        "|---|" + "---|" * len(names) + "---|---|---|---|---|---|",
+    ]
+    for task in sorted({t for t, _ in grouped}):
+        chooser = grouped.get((task, CHOOSER))
+        singles = {m: grouped[(task, m)] for m in names if (task, m) in grouped}
+        if not chooser or not singles:
+            continue
+        means = {m: statistics.mean(_nums(rs, "test_acc_best_val")) for m, rs in singles.items()}
+        best = max(means, key=lambda m: means[m])
+        acc = _nums(singles[best], "test_acc_best_val")
+        bar = means[best] - (statistics.stdev(acc) / math.sqrt(len(acc)) if len(acc) > 1 else 0.0)
+        c_mean = statistics.mean(_nums(chooser, "test_acc_best_val"))
+        chosen, matched, given = [], 0, []
+        for r in chooser:
+            seed = int(r["seed"])
+            model = str((r.get("summary") or {}).get("model", "?"))
+            chosen.append(f"{seed}: {model.removeprefix('efficientnet_')}")
+            by_seed = {m: x for m, rs in singles.items() for x in rs if int(x["seed"]) == seed}
+            if len(by_seed) == len(names):
+                top = max(by_seed, key=lambda m: float(by_seed[m]["test_acc_best_val"]))
+                matched += SINGLE_BACKBONE[top] == model
+                given.append(float(by_seed[top]["test_acc_best_val"]) - float(r["test_acc_best_val"]))
+        cells = [_pm(_nums(singles[m], "test_acc_best_val")) if m in singles else "—" for m in names]
+        lines.append(
+            f"| {task} | " + " | ".join(cells) + f" | {_pm(_nums(chooser, 'test_acc_best_val'))} | "
+            f"{bar:.3f} ({SINGLE_BACKBONE[best]}) | {'yes' if c_mean >= bar else '**no**'} | {', '.join(chosen)} | "
+            f"{matched}/{len(given)} | " + (f"{statistics.mean(given):+.3f}" if given else "—") + " |"
+        )
+    return "\n".join(lines)
+
+
 def not_run(rows: Sequence[Row]) -> str:
     """Skipped and failed runs, and finished runs that trained nothing (0 epochs), one line each."""
     out = []
@@ -277,6 +330,9 @@ def report(rows: Sequence[Row]) -> str:
     acc = acceptance(rows)
     if acc.count("\n") > 1:
         parts += ["", "### Acceptance (issue 11)", "", acc]
+    chooser = backbones(rows)
+    if chooser.count("\n") > 1:
+        parts += ["", "### Backbone choice (issue 13)", "", chooser]
     missing = not_run(rows)
     if missing:
         parts += ["", "### Not run, failed, or nothing trained", "", missing]

@@ -486,16 +486,28 @@ def _load_data(cfg: FitConfig, scans: _Scans, pre: Preprocess, cache_dir: Path) 
 EXPORT_SECONDS = 12.0
 
 
-def _final_seconds(runner: Runner, test: DecodedImages | None) -> float:
-    """What to keep back from a time budget for the final evaluation, export and report: one timed eval batch
-    gives the cost of an image."""
+def _final_seconds(runner: Runner, test: DecodedImages | None) -> Callable[[], float]:
+    """What to keep back from a time budget for the final evaluation, export and report (``Budget.reserve``).
+
+    The cost of an image is the last whole-model validation pass's (``Feed.eval_cost``) once training has made one;
+    until then, one eval batch timed after an untimed one. A single cold batch alone read 5.4 ms an image at 96 px
+    against 2.4 ms in the passes that followed, and kept 15 s of a 180 s budget idle on fashion100's 2000 test
+    images (docs/benchmarks.md, "Time budget").
+    """
     if runner.budget.seconds is None:
-        return 0.0
+        return lambda: 0.0
     sample = runner.val_data.subset(range(min(len(runner.val_data), runner.feed.eval_batch_size)))
+    runner.predict_logits(sample)  # untimed: the process's first forward pass pays one-time set-up
     t0 = time.perf_counter()
     runner.predict_logits(sample)
-    per_image = (time.perf_counter() - t0) / max(len(sample), 1)
-    return EXPORT_SECONDS + per_image * (len(test) if test is not None else len(runner.val_data))
+    first = (time.perf_counter() - t0) / max(len(sample), 1)
+    images = len(test) if test is not None else len(runner.val_data)
+    cost = runner.feed.eval_cost
+
+    def estimate() -> float:
+        return EXPORT_SECONDS + (cost.seconds_per_image or first) * images
+
+    return estimate
 
 
 def _run_steps(

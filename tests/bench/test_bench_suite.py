@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench.summarize import acceptance, auto_table, exploration, load, report, table
+from bench.summarize import acceptance, auto_table, backbones, exploration, load, report, table
 from bench.tasks import OPENCV_DIGITS, SUITE, TASKS, TUXPAINT_STAMPS, counts, draw_pool, materialize
 from PIL import Image
 
@@ -204,3 +204,32 @@ def test_summary_oracle_acceptance_and_exploration(tmp_path: Path) -> None:
     worse = [dict(r, test_acc_best_val=0.70) if r["method"] == "thaw_auto" else r for r in rows]
     f.write_text("\n".join(json.dumps(r) for r in worse) + "\n")
     assert "| **no** |" in acceptance(load([f]))
+
+
+def test_backbone_rows_and_the_choice_summary(tmp_path: Path) -> None:
+    """Issue 13's rows: named by ``--methods backbones``, not in ``all``; the summary checks the chooser against the
+    best single backbone in hindsight and counts, per seed, whether it picked the backbone that scored best."""
+    assert suite.parse_methods("backbones") == ["thaw_auto", "thaw_auto_lite1", "thaw_auto_lite2", "thaw_auto_models"]
+    assert suite.parse_methods("all,backbones").count("thaw_auto") == 1
+    assert "thaw_auto_models" not in suite.parse_methods("all")
+    argv = suite.thaw_argv(suite.METHODS["thaw_auto_models"], tmp_path, 180, 64, 0, tmp_path / "o")
+    assert "--models efficientnet_lite0,efficientnet_lite1,efficientnet_lite2" in " ".join(argv)
+    singles = {
+        "thaw_auto": (0.80, 0.81, 0.82),
+        "thaw_auto_lite1": (0.83, 0.84, 0.80),
+        "thaw_auto_lite2": (0.82, 0.83, 0.84),
+    }
+    chose = (("efficientnet_lite1", 0.83), ("efficientnet_lite1", 0.82), ("efficientnet_lite0", 0.80))
+    rows = [_row("t", m, s, a) for m, accs in singles.items() for s, a in enumerate(accs)]
+    rows += [_row("t", "thaw_auto_models", s, a, summary={"model": m}) for s, (m, a) in enumerate(chose)]
+    f = tmp_path / "r.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    line = backbones(load([f])).splitlines()[2]
+    # lite2 is best in hindsight (0.830 ± 0.010, SE 0.00577): bar 0.824; the chooser's 0.817 is under it.
+    # Seed 0: lite1 best, chosen (given up 0); seed 1: lite1 and lite2 tie at 0.84 (the first wins: lite1),
+    # chosen (0.84 - 0.82); seed 2: lite2 best, lite0 chosen (0.84 - 0.80).
+    assert line.startswith(
+        "| t | 0.810 ± 0.010 | 0.823 ± 0.021 | 0.830 ± 0.010 | 0.817 ± 0.015 | 0.824 (efficientnet_lite2)"
+    )
+    assert line.endswith("| **no** | 0: lite1, 1: lite1, 2: lite0 | 2/3 | +0.020 |")
+    assert "### Backbone choice (issue 13)" in report(load([f]))

@@ -62,10 +62,6 @@ class Phase:
     """Per-group multiplier of ``lr``; a group missing here gets 1.0."""
     bn_policy: str = "frozen-eval"
     augment: str = "light"
-    optimizer: str | None = None
-    """``adamw`` or ``sgd``; None: the run's ``--optimizer``."""
-    weight_decay: float | None = None
-    """None: the run's ``--weight-decay``."""
     patience: int = 3
     """Epochs without validation improvement before the phase ends; 0: off."""
     reason: str = ""
@@ -212,8 +208,6 @@ class PhaseResult:
             "lr": self.phase.lr,
             "lr_scales": {group_names[i]: s for i, s in self.phase.lr_scales.items()},
             "bn_policy": self.phase.bn_policy,
-            "optimizer": self.phase.optimizer,
-            "weight_decay": self.phase.weight_decay,
             "augment": self.phase.augment,
             "start": self.phase.start,
             "data": "train+val" if self.phase.refit else "train",

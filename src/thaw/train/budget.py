@@ -1,13 +1,15 @@
 """The wall-clock budget of a run: its one owner.
 
 The clock starts when ``fit`` starts (loading and decoding count). ``reserve`` is set aside for what follows
-training (the final evaluation, export and report), so ``left()`` is what training steps may still spend. Under
+training (the final evaluation, export and report), so ``left()`` is what training steps may still spend; it is asked
+again at every ``left()``, so an estimate that sharpens as training measures costs is used as it sharpens. Under
 torchrun rank 0's clock decides for every rank.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -28,7 +30,7 @@ class Budget:
         device: torch.device | None = None,
     ) -> None:
         self.seconds = seconds
-        self.reserve = 0.0
+        self.reserve: Callable[[], float] = _nothing
         """Seconds kept back for the final evaluation, export and report (set once they can be estimated)."""
         self._started = time.monotonic() - elapsed_before
         self._dist = dist or DistInfo()
@@ -45,4 +47,8 @@ class Budget:
         """
         if self.seconds is None:
             return None
-        return broadcast_float(self.seconds - self.reserve - self.elapsed(), self._dist, self._device)
+        return broadcast_float(self.seconds - self.reserve() - self.elapsed(), self._dist, self._device)
+
+
+def _nothing() -> float:
+    return 0.0

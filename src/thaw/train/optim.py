@@ -90,7 +90,7 @@ def build_optimizer(
     "Warmup in steps").
     """
     opt: torch.optim.Optimizer
-    if (phase.optimizer or cfg.optimizer) == "sgd":
+    if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=phase.lr, momentum=cfg.momentum, nesterov=True)
     else:
         opt = torch.optim.AdamW(groups, lr=phase.lr)

@@ -430,11 +430,7 @@ class Runner:
     def optimizer_groups(self, phase: Phase) -> list[dict[str, Any]]:
         """The optimizer's parameter groups for ``phase``: per layer group and decay, with their learning rates;
         weight decay is off under L2-SP (decay toward zero would fight the pull toward the pretrained weights)."""
-        wd = (
-            0.0
-            if self.config.l2sp
-            else (self.config.weight_decay if phase.weight_decay is None else phase.weight_decay)
-        )
+        wd = 0.0 if self.config.l2sp else self.config.weight_decay
         return param_groups(phase, self.groups, self.params, self._no_decay, wd)
 
     def _optimizer(self, phase: Phase, st: EpochState, spe: int) -> _Optim:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -58,6 +58,14 @@ def concat(a: DecodedImages, b: DecodedImages) -> DecodedImages:
     )
 
 
+@dataclass
+class EvalCost:
+    """The measured cost of a forward-only pass of the whole model, per image: the last pass over at least two eval
+    batches (the first batch of a process pays one-time set-up, so a longer pass is the steadier figure)."""
+
+    seconds_per_image: float | None = None
+
+
 @dataclass(eq=False)
 class Feed:
     """Decoded images -> normalised batches on the device, for training and for forward-only passes.
@@ -72,6 +80,8 @@ class Feed:
     std: tuple[float, float, float]
     device: torch.device
     amp_dtype: torch.dtype | None = None
+    eval_cost: EvalCost = field(default_factory=EvalCost)
+    """Shared with the copies ``replace`` makes (a refit's feed), so every pass refreshes the one figure."""
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.mean, self.std, channels_last=self.config.channels_last)
@@ -124,7 +134,11 @@ class Feed:
     def predict_logits(self, model: nn.Module, data: DecodedImages) -> tuple[EpochStats, torch.Tensor]:
         """Evaluate ``model`` on decoded images (eval mode, inference_mode)."""
         model.eval()
-        return evaluate(model, self.eval_batches(data), amp_dtype=self.amp_dtype, device=self.device)
+        started = time.perf_counter()
+        out = evaluate(model, self.eval_batches(data), amp_dtype=self.amp_dtype, device=self.device)
+        if len(data) >= 2 * self.eval_batch_size:
+            self.eval_cost.seconds_per_image = (time.perf_counter() - started) / len(data)
+        return out
 
     @torch.inference_mode()
     def pre_logits(self, model: nn.Module, data: DecodedImages) -> torch.Tensor:

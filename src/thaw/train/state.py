@@ -43,9 +43,15 @@ def history_from_dicts(rows: Sequence[dict[str, Any]]) -> list[StepResult]:
     return out
 
 
+_PHASE_FIELDS = frozenset(f.name for f in dataclasses.fields(Phase))
+
+
 def phase_from_dict(p: dict[str, Any]) -> Phase:
+    """A phase saved by ``dataclasses.asdict``; keys of fields that no longer exist (a run directory written by an
+    older thaw, e.g. ``optimizer`` and ``weight_decay`` before 2026-12) are dropped, so ``--resume`` still works."""
+    known = {k: v for k, v in p.items() if k in _PHASE_FIELDS}
     return Phase(
-        **{**p, "trainable": tuple(p["trainable"]), "lr_scales": {int(k): v for k, v in p["lr_scales"].items()}}
+        **{**known, "trainable": tuple(p["trainable"]), "lr_scales": {int(k): v for k, v in p["lr_scales"].items()}}
     )
 
 

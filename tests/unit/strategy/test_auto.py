@@ -75,7 +75,7 @@ def test_after_the_probe_it_races_two_recipes_on_equal_cost_rungs_from_the_probe
     partial, full = race.phases
     head = ctx.head
     assert full.trainable == tuple(range(head + 1)) and head in partial.trainable and 0 not in partial.trainable
-    assert full.optimizer is None and full.bn_policy == ctx.config.bn
+    assert full.bn_policy == ctx.config.bn
     rung = EXPLORE_SHARE * 170.0 / 2
     for p in race.phases:
         assert p.start == "phase:0" and p.seconds == pytest.approx(rung) and p.patience == 0

@@ -66,3 +66,18 @@ def test_optimizer_state_round_trips_through_safetensors_and_json() -> None:
     ckpt.optimizer_from_flat(fresh, tensors, meta)
     assert fresh.param_groups[0]["lr"] == 0.1
     torch.testing.assert_close(fresh.state[p]["exp_avg"], opt.state[p]["exp_avg"])
+
+
+def test_phase_round_trips_and_older_phase_keys_are_dropped() -> None:
+    """A phase goes through JSON (the run directory's state); keys a field no longer has, as a run directory
+    written by an older thaw holds (``optimizer``, ``weight_decay``), do not stop ``--resume``."""
+    import dataclasses
+    import json
+
+    from thaw.strategy.base import Phase
+    from thaw.train.state import phase_from_dict
+
+    phase = Phase("full", (0, 1, 2), 5, 1e-3, lr_scales={0: 0.1, 1: 0.5}, seconds=12.5, start="phase:1", keep=True)
+    saved = json.loads(json.dumps(dataclasses.asdict(phase)))
+    assert phase_from_dict(saved) == phase
+    assert phase_from_dict({**saved, "optimizer": None, "weight_decay": 0.05}) == phase

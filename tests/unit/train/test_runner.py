@@ -267,3 +267,25 @@ def test_no_epoch_starts_once_the_budget_is_spent() -> None:
     time.sleep(0.01)
     res = r.run_phase(0, Phase("t", (head,), epochs=5, lr=1e-2, augment="light", patience=0), [])
     assert res.epochs_run == 0 and res.stopped == "time-budget"
+
+
+def test_the_final_reserve_follows_the_measured_cost_of_a_validation_pass() -> None:
+    """``Budget.reserve`` is asked at every ``left()``; ``fit`` keeps back the final evaluation at the cost of an
+    image that the last whole-model validation pass measured (a refit's copied feed shares the figure)."""
+    from thaw.api import EXPORT_SECONDS, _final_seconds
+
+    r = _runner(val=_data(20, seed=1))  # eval batches of 8: a pass over 20 images is long enough to count
+    r.budget = Budget(100.0)
+    cost = r.feed.eval_cost
+    assert cost.seconds_per_image is None  # nothing measured yet: one timed eval batch stands in
+    reserve = _final_seconds(r, _data(1000, seed=2))
+    assert reserve() > EXPORT_SECONDS
+    every = tuple(range(len(r.groups)))  # a whole-model phase validates through the whole model
+    r.run_phase(0, Phase("t", every, epochs=1, lr=1e-3, augment="none", patience=0), [])
+    measured = cost.seconds_per_image
+    assert measured is not None and reserve() == pytest.approx(EXPORT_SECONDS + 1000 * measured)
+    cost.seconds_per_image = 0.05  # a later pass's figure is the one the budget keeps back
+    r.budget.reserve = reserve
+    left = r.budget.left()
+    assert left is not None and 100.0 - EXPORT_SECONDS - 50.0 - 5.0 < left < 100.0 - EXPORT_SECONDS - 50.0
+    assert replace(r.feed, train=r.train_data).eval_cost is cost
