@@ -4,7 +4,9 @@
    pretrained features get on their own, is the bar fine-tuning must clear, and is the head every later phase starts
    from (LP-FT, Kumar et al. 2022).
 2. **Race.** Candidates compared on rungs of equal wall-clock cost, both from the probe's weights: the upper third of
-   the backbone (``partial``) and every group (``full``). Exploration takes ``EXPLORE_SHARE`` of the budget.
+   the backbone (``partial``) and every group (``full``). Exploration takes ``EXPLORE_SHARE`` of the budget. A
+   rung that would give ``full`` fewer than ``MIN_RUNG_STEPS`` optimizer steps (large data on a short budget) would
+   show where each candidate starts, not where it goes: then there is no race, and every group trains.
 3. **Choose with the noise known.** A candidate is dropped only when it is worse than the leader beyond the noise
    of the comparison: a paired bootstrap over the validation images of the accuracy difference (95 %, one-sided).
    When the accuracies are within noise, the lower validation loss (paired, per image) decides: it moves in smaller
@@ -34,8 +36,17 @@ import numpy as np
 from thaw.strategy import base
 from thaw.strategy.base import Candidates, Decision, Phase, PhaseResult, PlanContext, Refit, Step, StepResult
 from thaw.strategy.fixed import finetune_phase, probe_phase
+from thaw.train.optim import MIN_WARMUP_STEPS
 
-__all__ = ["AutoStrategy", "compare_paired", "choose", "flip_verdict", "paired_bootstrap", "EXPLORE_SHARE"]
+__all__ = [
+    "AutoStrategy",
+    "compare_paired",
+    "choose",
+    "flip_verdict",
+    "paired_bootstrap",
+    "EXPLORE_SHARE",
+    "MIN_RUNG_STEPS",
+]
 
 #: Share of the training budget the race takes (both rungs together); the winner gets the rest.
 EXPLORE_SHARE = 0.3
@@ -43,6 +54,10 @@ EXPLORE_SHARE = 0.3
 CONFIDENCE = 0.95
 #: Bootstrap resamples of the validation set.
 RESAMPLES = 2000
+#: Fewest optimizer steps a rung must give the costlier candidate (``full``) for the race to run: its warmup takes
+#: up to ``MIN_WARMUP_STEPS`` and then anneals to zero within the rung, so a shorter rung shows where a candidate
+#: starts, not where it is heading (docs/benchmarks.md, "auto's race": on fashion100, rungs of 16-32 steps of full).
+MIN_RUNG_STEPS = 3 * MIN_WARMUP_STEPS
 #: Upper bound on the epochs of a phase whose length the clock sets.
 MAX_EPOCHS = 100_000
 #: Without --time-budget: the winner's run is planned for this many epochs ...
@@ -242,8 +257,8 @@ class AutoStrategy:
         }
         rung = float(done[0].phase.signals["rung_seconds"]) if done else EXPLORE_SHARE * budget / len(recipes)
         augment, flip = self._augment(ctx, probe, done)
-        if epoch and rung < epoch:
-            return None  # too little time to learn anything from a rung: the final run takes the budget
+        if epoch and self._rung_steps(ctx, rung, epoch) < MIN_RUNG_STEPS:
+            return None  # a rung too short to tell the candidates apart: the final run takes the budget
         names = [g.name for g in ctx.groups]
         phases = tuple(
             replace(
@@ -264,6 +279,12 @@ class AutoStrategy:
         return Candidates(
             phases, reason=f"equal-cost rungs of {rung:.0f}s each ({EXPLORE_SHARE:.0%} of {budget:.0f}s in all)"
         )
+
+    @staticmethod
+    def _rung_steps(ctx: PlanContext, rung: float, epoch: float) -> int:
+        """Optimizer steps of ``full`` (every group: the costliest candidate) in ``rung`` seconds, whole epochs
+        only (an epoch ends past the rung is not started)."""
+        return int(rung / epoch) * max(1, math.ceil(ctx.num_train / ctx.config.batch))
 
     @staticmethod
     def _augment(ctx: PlanContext, probe: PhaseResult, done: Sequence[PhaseResult]) -> tuple[str, dict[str, Any]]:
@@ -316,8 +337,23 @@ class AutoStrategy:
                 keep=False,
             )
         augment, flip = self._augment(ctx, probe, ())
-        why = "no race (a rung would be shorter than one epoch): every group trains" + self._flip_text(augment, flip)
-        signals = {"role": "final", "recipe": "full", "flip": flip, "planned_seconds": seconds}
+        rung = EXPLORE_SHARE * self._budget(ctx, probe)[0] / 2
+        epoch = self._epoch_seconds(ctx, probe)
+        steps = self._rung_steps(ctx, rung, epoch)
+        why = (
+            f"no race: a rung of {rung:.0f}s would give every group {steps} optimizer steps ({epoch:.1f}s an epoch), "
+            f"fewer than the {MIN_RUNG_STEPS} a comparison needs to see past the warmup; every group trains"
+            + self._flip_text(augment, flip)
+        )
+        signals = {
+            "role": "final",
+            "recipe": "full",
+            "flip": flip,
+            "planned_seconds": seconds,
+            "rung_seconds": rung,
+            "rung_steps": steps,
+            "epoch_seconds": epoch,
+        }
         phase = self._phase(
             ctx,
             "auto-full",

@@ -9,7 +9,7 @@ import timm
 
 from thaw.config import FitConfig
 from thaw.models.groups import layer_groups
-from thaw.strategy.auto import EXPLORE_SHARE, AutoStrategy, choose, compare_paired, flip_verdict
+from thaw.strategy.auto import EXPLORE_SHARE, MIN_RUNG_STEPS, AutoStrategy, choose, compare_paired, flip_verdict
 from thaw.strategy.base import Candidates, Phase, PhaseResult, PlanContext, Refit, Signals, StepResult
 
 
@@ -100,6 +100,23 @@ def test_no_race_when_a_rung_is_shorter_than_an_epoch_the_final_run_takes_the_bu
     final = auto.next_step(ctx, history)
     assert isinstance(final, Phase) and final.name == "auto-full" and final.seconds == pytest.approx(20.0)
     assert final.start == "phase:0" and final.patience == 0 and final.epochs > 10_000
+
+
+@pytest.mark.parametrize(("epoch", "races"), [(4.0, True), (5.0, False), (10.0, False)])
+def test_a_race_needs_rungs_of_at_least_min_rung_steps_of_full(epoch: float, races: bool) -> None:
+    """Rungs of 0.3 x 170 s / 2 = 25.5 s; 300 images at batch 32 make 10 steps an epoch: at 4 s an epoch a rung
+    holds 6 whole epochs (60 steps, the floor), at 5 s 5 epochs (50), at 10 s 2 (20): the race would show where
+    ``full`` starts, not where it goes, so the budget goes to one run of every group, and the decision says why."""
+    assert MIN_RUNG_STEPS == 60
+    ctx = _ctx(epoch=epoch)
+    auto, history = _probe(ctx)
+    step = auto.next_step(ctx, history)
+    if races:
+        assert isinstance(step, Candidates) and [p.signals["recipe"] for p in step.phases] == ["partial", "full"]
+        return
+    assert isinstance(step, Phase) and step.name == "auto-full" and step.seconds == pytest.approx(170.0)
+    assert step.signals["rung_steps"] == int(25.5 / epoch) * 10 and step.signals["rung_seconds"] == pytest.approx(25.5)
+    assert f"fewer than the {MIN_RUNG_STEPS}" in step.reason
 
 
 def test_a_candidate_worse_beyond_noise_is_dropped_and_the_winner_continues_for_the_rest_of_the_budget() -> None:
