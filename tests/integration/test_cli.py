@@ -24,7 +24,7 @@ from tests.conftest import write_image_folder
 from thaw.cli import main
 from thaw.config import default_batch_size
 from thaw.data.sample import sample_data_dir
-from thaw.strategy.auto import EXPLORE_SHARE
+from thaw.strategy.auto import EXPLORE_SHARE, MIN_RUNG_STEPS
 
 SRC = str(Path(thaw.__file__).resolve().parents[1])
 
@@ -549,6 +549,9 @@ def test_auto_on_real_data_races_then_spends_its_budget_on_the_winner(tmp_path: 
     out = tmp_path / "auto"
     argv = ["fit", str(data / "train"), "--val", str(data / "val"), "--test", str(data / "test")]
     argv += ["--strategy", "auto", "--img-size", "64", "--time-budget", "60s", "--out", str(out)]
+    # batch 16 (25 steps an epoch): a rung of ~7 s holds MIN_RUNG_STEPS of full with room to spare on a slow machine
+    # (at the default 32 it holds about 5 epochs of 13 steps, close to the floor)
+    argv += ["--batch-size", "16"]
     started = time.monotonic()
     assert main(argv) == 0
     wall = time.monotonic() - started
@@ -575,6 +578,22 @@ def test_auto_on_real_data_races_then_spends_its_budget_on_the_winner(tmp_path: 
     assert 0.7 * 60 <= wall <= 1.05 * 60 + 10, wall
     assert final["epochs"] >= 2 and final["stopped"] in ("completed", "time-budget")  # the clock ends it, not patience
     assert summary["validation_held_out"] and summary["test_accuracy"] > 0.5
+
+
+def test_auto_without_room_for_a_race_trains_every_group_from_a_fresh_head(tmp_path: Path) -> None:
+    """A budget whose rungs could not hold MIN_RUNG_STEPS of full: no race; the probe, then every group from the
+    pretrained weights and a fresh head for the rest of the budget, and the decision says why with its numbers."""
+    data = sample_data_dir()
+    out = tmp_path / "auto"
+    argv = ["fit", str(data / "train"), "--val", str(data / "val"), "--strategy", "auto", "--img-size", "64"]
+    assert main([*argv, "--time-budget", "20s", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["name"] for p in summary["phases"]] == ["linear-probe", "auto-full"]
+    full = summary["phases"][1]
+    assert full["start"] == "pretrained" and full["epochs"] >= 1
+    signals = summary["decisions"][1]["signals"]
+    assert signals["rung_steps"] < MIN_RUNG_STEPS and "fresh head" in summary["decisions"][1]["reason"]
+    assert summary["best_phase"] in (0, 1)  # the probe stays the result if validation prefers it
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@
 2. **Race.** Candidates compared on rungs of equal wall-clock cost, both from the probe's weights: the upper third of
    the backbone (``partial``) and every group (``full``). Exploration takes ``EXPLORE_SHARE`` of the budget. A
    rung that would give ``full`` fewer than ``MIN_RUNG_STEPS`` optimizer steps (large data on a short budget) would
-   show where each candidate starts, not where it goes: then there is no race, and every group trains.
+   show where each candidate starts, not where it goes: then there is no race, and every group trains from the
+   pretrained weights and a fresh head (with hundreds of steps ahead the head is relearned in the first epochs,
+   and the probe's fitted head would damp the gradients that adapt the backbone).
 3. **Choose with the noise known.** A candidate is dropped only when it is worse than the leader beyond the noise
    of the comparison: a paired bootstrap over the validation images of the accuracy difference (95 %, one-sided).
    When the accuracies are within noise, the lower validation loss (paired, per image) decides: it moves in smaller
@@ -342,7 +344,9 @@ class AutoStrategy:
         steps = self._rung_steps(ctx, rung, epoch)
         why = (
             f"no race: a rung of {rung:.0f}s would give every group {steps} optimizer steps ({epoch:.1f}s an epoch), "
-            f"fewer than the {MIN_RUNG_STEPS} a comparison needs to see past the warmup; every group trains"
+            f"fewer than the {MIN_RUNG_STEPS} a comparison needs to see past the warmup; every group trains from the "
+            "pretrained weights and a fresh head (the probe's fitted head damps the backbone's gradients: "
+            "docs/benchmarks.md, \"auto's race\"; the probe's weights stay the result if validation prefers them)"
             + self._flip_text(augment, flip)
         )
         signals = {
@@ -354,15 +358,8 @@ class AutoStrategy:
             "rung_steps": steps,
             "epoch_seconds": epoch,
         }
-        phase = self._phase(
-            ctx,
-            "auto-full",
-            tuple(range(ctx.head + 1)),
-            seconds,
-            signals,
-            f"auto: {why}; from the probe's weights {plan}",
-        )
-        return replace(phase, augment=augment)
+        phase = self._phase(ctx, "auto-full", tuple(range(ctx.head + 1)), seconds, signals, f"auto: {why}; {plan}")
+        return replace(phase, augment=augment, start="pretrained")
 
     # ------------------------------------------------------------------ explain
     def decisions(self, history: Sequence[StepResult]) -> list[Decision]:

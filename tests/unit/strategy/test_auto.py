@@ -99,7 +99,7 @@ def test_no_race_when_a_rung_is_shorter_than_an_epoch_the_final_run_takes_the_bu
     auto, history = _probe(ctx)
     final = auto.next_step(ctx, history)
     assert isinstance(final, Phase) and final.name == "auto-full" and final.seconds == pytest.approx(20.0)
-    assert final.start == "phase:0" and final.patience == 0 and final.epochs > 10_000
+    assert final.start == "pretrained" and final.patience == 0 and final.epochs > 10_000
 
 
 @pytest.mark.parametrize(("epoch", "races"), [(4.0, True), (5.0, False), (10.0, False)])
@@ -117,6 +117,7 @@ def test_a_race_needs_rungs_of_at_least_min_rung_steps_of_full(epoch: float, rac
     assert isinstance(step, Phase) and step.name == "auto-full" and step.seconds == pytest.approx(170.0)
     assert step.signals["rung_steps"] == int(25.5 / epoch) * 10 and step.signals["rung_seconds"] == pytest.approx(25.5)
     assert f"fewer than the {MIN_RUNG_STEPS}" in step.reason
+    assert step.start == "pretrained" and "fresh head" in step.reason  # not the probe's fitted head
 
 
 def test_a_candidate_worse_beyond_noise_is_dropped_and_the_winner_continues_for_the_rest_of_the_budget() -> None:
