@@ -61,6 +61,8 @@ GAP_WARNING = 0.15
 #: Seconds between mid-phase checkpoints (a phase's first epoch and its end are always checkpointed): an fsynced
 #: checkpoint after every epoch took 0.22 s of a 1.65 s epoch on 200 images at 64 px (13 %).
 CHECKPOINT_SECONDS = 15.0
+#: A phase sized by the clock re-plans its length after each of its last this-many planned epochs.
+PLAN_END_EPOCHS = 2
 #: Epochs a phase whose length the clock sets is planned for until its first epoch is timed (sizes the warmup).
 FIRST_PLAN_EPOCHS = 10
 
@@ -382,7 +384,10 @@ class Runner:
                 last_ckpt = time.monotonic()
             st.cycle_seconds = time.perf_counter() - t0  # what an epoch costs, its checkpoint included
             st.steady_seconds += st.cycle_seconds if st.epochs_done > 1 else 0.0
-            if st.epochs_done & (st.epochs_done - 1) == 0:  # epochs 1, 2, 4, 8, ...: less often as the plan firms up
+            # epochs 1, 2, 4, 8, ...: less often as the plan firms up; and every epoch of the last two planned, where
+            # epochs that ran faster than the average so far leave room for one more (fashion100: a plan fixed at
+            # epoch 16 ended 10-12 s before the budget; docs/benchmarks.md, "Time budget")
+            if st.epochs_done & (st.epochs_done - 1) == 0 or st.planned_epochs - st.epochs_done < PLAN_END_EPOCHS:
                 self._plan_length(phase, st, optim.schedule, spe, started)
         result = self._finish(index, phase, st, stopped, source)
         self._checkpoint([*history, result], None, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import timm
@@ -258,6 +259,34 @@ def test_a_phase_with_planned_seconds_sizes_its_schedule_to_the_clock() -> None:
     res = r.run_phase(0, Phase("t", (head,), epochs=1000, lr=1e-2, augment="light", patience=0, seconds=1e-3), [])
     # one epoch is measured, then the clock says nothing more fits: the schedule ends with that epoch
     assert res.epochs_run == 1 and res.stopped == "completed"
+
+
+def test_a_clocked_phase_replans_on_its_last_epochs_and_takes_an_epoch_the_clock_has_room_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Re-planned after epochs 1, 2, 4, 8, ... and after each of the last two planned: when the last epochs ran
+    faster than the plan assumed, the room left becomes another epoch (the schedule grows with it)."""
+    from thaw.train import runner as runner_module
+
+    r = _runner()
+    head = len(r.groups) - 1
+    seen: list[tuple[int, int]] = []
+    plan = runner_module.Runner._plan_length
+
+    def spy(self: Runner, phase: Phase, st: Any, schedule: Any, spe: int, started: float) -> None:
+        seen.append((st.epochs_done, st.planned_epochs))
+        if st.epochs_done < 6:  # the clock's word until epoch 6: exactly six epochs fit
+            st.planned_epochs = 6
+            schedule.resize(6 * spe)
+            st.total_steps = schedule.total_steps
+            return
+        plan(self, phase, st, schedule, spe, started)
+
+    monkeypatch.setattr(runner_module.Runner, "_plan_length", spy)
+    # ends when its own 7 epochs are done: epoch 6's re-plan finds room (a long phase length) and grows it to 7
+    res = r.run_phase(0, Phase("t", (head,), epochs=7, lr=1e-2, augment="light", patience=0, seconds=1e4), [])
+    assert [done for done, _ in seen] == [1, 2, 4, 5, 6, 7]
+    assert res.epochs_run == 7
 
 
 def test_no_epoch_starts_once_the_budget_is_spent() -> None:
