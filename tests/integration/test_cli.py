@@ -544,13 +544,14 @@ def test_auto_strategy_explains_every_decision(tiny_folders: dict[str, Path], tm
 
 @pytest.mark.slow
 def test_auto_on_real_data_races_then_spends_its_budget_on_the_winner(tmp_path: Path) -> None:
-    """`thaw fit --strategy auto --time-budget 60s` on the embedded sample with the built-in Lite0 (64 px)."""
+    """`thaw fit --strategy auto --time-budget 90s` on the embedded sample with the built-in Lite0 (64 px)."""
     data = sample_data_dir()
     out = tmp_path / "auto"
     argv = ["fit", str(data / "train"), "--val", str(data / "val"), "--test", str(data / "test")]
-    argv += ["--strategy", "auto", "--img-size", "64", "--time-budget", "60s", "--out", str(out)]
-    # batch 16 (25 steps an epoch): a rung of ~7 s holds MIN_RUNG_STEPS of full with room to spare on a slow machine
-    # (at the default 32 it holds about 5 epochs of 13 steps, close to the floor)
+    budget = 90
+    argv += ["--strategy", "auto", "--img-size", "64", "--time-budget", f"{budget}s", "--out", str(out)]
+    # batch 16 (25 steps an epoch): a rung of ~11 s holds about 175 steps of full, MIN_RUNG_STEPS with room to spare
+    # on a slow machine (at the default 32 and 60 s it would hold about 65, under the floor: no race)
     argv += ["--batch-size", "16"]
     started = time.monotonic()
     assert main(argv) == 0
@@ -572,10 +573,10 @@ def test_auto_on_real_data_races_then_spends_its_budget_on_the_winner(tmp_path: 
     assert {p["augment"] for p in phases[1:]} == {"light" if flip["flip"] else "crop"}
     # the rungs cost the same and together take the explore share of what was left after the probe
     rungs = [p["planned_seconds"] for p in phases[1:3]]
-    assert rungs[0] == rungs[1] and 0.25 * 60 * EXPLORE_SHARE / 2 < rungs[0] < 60 * EXPLORE_SHARE / 2
-    # the budget is spent, not exceeded: the final run is sized to it (12 s of a 60 s budget are kept back for the
+    assert rungs[0] == rungs[1] and 0.25 * budget * EXPLORE_SHARE / 2 < rungs[0] < budget * EXPLORE_SHARE / 2
+    # the budget is spent, not exceeded: the final run is sized to it (12 s of a 90 s budget are kept back for the
     # export and report, which take less on a quiet machine, so the floor here is lower than the suite's 90 %)
-    assert 0.7 * 60 <= wall <= 1.05 * 60 + 10, wall
+    assert 0.7 * budget <= wall <= 1.05 * budget + 10, wall
     assert final["epochs"] >= 2 and final["stopped"] in ("completed", "time-budget")  # the clock ends it, not patience
     assert summary["validation_held_out"] and summary["test_accuracy"] > 0.5
 

@@ -58,8 +58,9 @@ CONFIDENCE = 0.95
 RESAMPLES = 2000
 #: Fewest optimizer steps a rung must give the costlier candidate (``full``) for the race to run: its warmup takes
 #: up to ``MIN_WARMUP_STEPS`` and then anneals to zero within the rung, so a shorter rung shows where a candidate
-#: starts, not where it is heading (docs/benchmarks.md, "auto's race": on fashion100, rungs of 16-32 steps of full).
-MIN_RUNG_STEPS = 3 * MIN_WARMUP_STEPS
+#: starts, not where it is heading (docs/benchmarks.md, "auto's race": on fashion100, rungs of 16-64 steps of full
+#: all picked partial, which scored 1-2.5 points under full alone; the other suite tasks' rungs hold 170-320 steps).
+MIN_RUNG_STEPS = 5 * MIN_WARMUP_STEPS
 #: Upper bound on the epochs of a phase whose length the clock sets.
 MAX_EPOCHS = 100_000
 #: Without --time-budget: the winner's run is planned for this many epochs ...

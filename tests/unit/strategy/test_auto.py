@@ -102,12 +102,12 @@ def test_no_race_when_a_rung_is_shorter_than_an_epoch_the_final_run_takes_the_bu
     assert final.start == "pretrained" and final.patience == 0 and final.epochs > 10_000
 
 
-@pytest.mark.parametrize(("epoch", "races"), [(4.0, True), (5.0, False), (10.0, False)])
+@pytest.mark.parametrize(("epoch", "races"), [(2.5, True), (2.6, False), (10.0, False)])
 def test_a_race_needs_rungs_of_at_least_min_rung_steps_of_full(epoch: float, races: bool) -> None:
-    """Rungs of 0.3 x 170 s / 2 = 25.5 s; 300 images at batch 32 make 10 steps an epoch: at 4 s an epoch a rung
-    holds 6 whole epochs (60 steps, the floor), at 5 s 5 epochs (50), at 10 s 2 (20): the race would show where
+    """Rungs of 0.3 x 170 s / 2 = 25.5 s; 300 images at batch 32 make 10 steps an epoch: at 2.5 s an epoch a rung
+    holds 10 whole epochs (100 steps, the floor), at 2.6 s 9 epochs (90), at 10 s 2 (20): the race would show where
     ``full`` starts, not where it goes, so the budget goes to one run of every group, and the decision says why."""
-    assert MIN_RUNG_STEPS == 60
+    assert MIN_RUNG_STEPS == 100
     ctx = _ctx(epoch=epoch)
     auto, history = _probe(ctx)
     step = auto.next_step(ctx, history)
