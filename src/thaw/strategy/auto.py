@@ -286,7 +286,7 @@ class AutoStrategy:
     @staticmethod
     def _rung_steps(ctx: PlanContext, rung: float, epoch: float) -> int:
         """Optimizer steps of ``full`` (every group: the costliest candidate) in ``rung`` seconds, whole epochs
-        only (an epoch ends past the rung is not started)."""
+        only (an epoch that would end past the rung is not started)."""
         return int(rung / epoch) * max(1, math.ceil(ctx.num_train / ctx.config.batch))
 
     @staticmethod
