@@ -57,8 +57,15 @@ class Method:
 
 
 FIXED_EPOCHS = ("--epochs", "1000")
-#: The built-in backbones auto chooses among in the ``thaw_auto_models`` row (issue 13).
-BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+#: Issue 13: the row of auto on each built-in backbone (``thaw_auto`` is Lite0, the default model) ...
+BACKBONE_ROWS = {
+    "thaw_auto": "efficientnet_lite0",
+    "thaw_auto_lite1": "efficientnet_lite1",
+    "thaw_auto_lite2": "efficientnet_lite2",
+}
+BACKBONES = tuple(BACKBONE_ROWS.values())
+#: ... and the row of auto choosing among them (``--models``) at the same budget.
+CHOOSER = "thaw_auto_models"
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -69,9 +76,8 @@ METHODS: dict[str, Method] = {
         Method("thaw_auto_refit", ("--strategy", "auto", "--refit"), needs_flag="--refit"),
         # issue 13's backbone rows (thaw_auto is Lite0, the default model): auto on each other built-in backbone,
         # and auto choosing among the three at the same budget; not in --methods all, named by --methods backbones
-        Method("thaw_auto_lite1", ("--strategy", "auto", "--model", "efficientnet_lite1")),
-        Method("thaw_auto_lite2", ("--strategy", "auto", "--model", "efficientnet_lite2")),
-        Method("thaw_auto_models", ("--strategy", "auto", "--models", ",".join(BACKBONES))),
+        *(Method(m, ("--strategy", "auto", "--model", b)) for m, b in BACKBONE_ROWS.items() if m != "thaw_auto"),
+        Method(CHOOSER, ("--strategy", "auto", "--models", ",".join(BACKBONES))),
         Method("thaw_linear", ("--strategy", "linear", *FIXED_EPOCHS), fixed=True),
         Method("thaw_last-k1", ("--strategy", "last-k", "--k", "1", *FIXED_EPOCHS), fixed=True),
         Method("thaw_last-k2", ("--strategy", "last-k", "--k", "2", *FIXED_EPOCHS), fixed=True),
@@ -85,8 +91,8 @@ METHODS: dict[str, Method] = {
     )
 }
 #: ``--methods backbones``: issue 13's rows (auto on each built-in backbone, and auto choosing among them).
-BACKBONE_METHODS: tuple[str, ...] = ("thaw_auto", "thaw_auto_lite1", "thaw_auto_lite2", "thaw_auto_models")
-_ONLY_WHEN_NAMED = ("plain_finetune", "thaw_auto_bs64", *BACKBONE_METHODS[1:])
+BACKBONE_METHODS: tuple[str, ...] = (*BACKBONE_ROWS, CHOOSER)
+_ONLY_WHEN_NAMED = ("plain_finetune", "thaw_auto_bs64", *(m for m in BACKBONE_METHODS if m != "thaw_auto"))
 #: ``--methods all``: every row of the protocol (the older loop, thaw_auto_bs64 and the backbone rows only when
 #: named).
 ALL_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in _ONLY_WHEN_NAMED)

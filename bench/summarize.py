@@ -25,16 +25,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.suite import BACKBONE_METHODS, BACKBONE_ROWS, CHOOSER
+
 #: Fixed thaw strategies (the oracle's candidates): the suite's, and the older baselines.py names.
 FIXED = ("thaw_linear", "thaw_last-k1", "thaw_last-k2", "thaw_lp-ft", "thaw_full", "thaw_last-k", "thaw_gradual")
-AUTO = ("thaw_auto", "thaw_auto_refit", "thaw_auto_lite1", "thaw_auto_lite2", "thaw_auto_models")
+AUTO = ("thaw_auto", "thaw_auto_refit", *(m for m in BACKBONE_METHODS if m != "thaw_auto"))
 #: Issue 13: auto on one backbone per row (thaw_auto: the default Lite0), and auto choosing among them.
-SINGLE_BACKBONE = {
-    "thaw_auto": "efficientnet_lite0",
-    "thaw_auto_lite1": "efficientnet_lite1",
-    "thaw_auto_lite2": "efficientnet_lite2",
-}
-CHOOSER = "thaw_auto_models"
+SINGLE_BACKBONE = BACKBONE_ROWS
 Row = dict[str, Any]
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from thaw.strategy import base
 from thaw.strategy.base import Candidates, Decision, Phase, PhaseResult, PlanContext, Refit, Step, StepResult
 from thaw.strategy.fixed import finetune_phase, probe_phase
-from thaw.train.optim import MIN_WARMUP_STEPS
+from thaw.train.optim import MIN_WARMUP_STEPS, steps_per_epoch
 
 __all__ = [
     "AutoStrategy",
@@ -61,6 +61,8 @@ RESAMPLES = 2000
 #: starts, not where it is heading (docs/benchmarks.md, "auto's race": on fashion100, rungs of 16-64 steps of full
 #: all picked partial, which scored 1-2.5 points under full alone; the other suite tasks' rungs hold 170-320 steps).
 MIN_RUNG_STEPS = 5 * MIN_WARMUP_STEPS
+#: The race's candidates: the upper third of the backbone, and every group.
+RECIPES = ("partial", "full")
 #: Upper bound on the epochs of a phase whose length the clock sets.
 MAX_EPOCHS = 100_000
 #: Without --time-budget: the winner's run is planned for this many epochs ...
@@ -239,7 +241,7 @@ class AutoStrategy:
             left = ctx.seconds_left if ctx.seconds_left is not None else ctx.budget_seconds
             return left, f"{left:.0f}s of the --time-budget left after the probe"
         epoch = self._epoch_seconds(ctx, probe)
-        spe = max(1, math.ceil(ctx.num_train / ctx.config.batch))
+        spe = steps_per_epoch(ctx.num_train, ctx.config.batch)
         epochs = max(DEFAULT_EPOCHS, math.ceil(DEFAULT_STEPS / spe))
         lo, hi = DEFAULT_BUDGET_BOUNDS
         seconds = min(hi, max(lo, epochs * epoch / (1 - EXPLORE_SHARE)))
@@ -253,15 +255,17 @@ class AutoStrategy:
         budget, source = self._budget(ctx, probe)
         head = ctx.head
         backbone = list(range(head))
-        epoch = 0.0 if done else self._epoch_seconds(ctx, probe)
-        recipes = {  # name -> trainable groups
+        recipes = {  # name -> trainable groups, in RECIPES order
             "partial": tuple(sorted([*backbone[-max(1, math.ceil(len(backbone) / 3)) :], head])),
             "full": tuple(range(head + 1)),
         }
-        rung = float(done[0].phase.signals["rung_seconds"]) if done else EXPLORE_SHARE * budget / len(recipes)
+        if done:
+            rung, steps = float(done[0].phase.signals["rung_seconds"]), done[0].phase.signals.get("rung_steps")
+        else:
+            rung, epoch, steps = self._rung(ctx, probe, budget)
+            if epoch and steps < MIN_RUNG_STEPS:
+                return None  # a rung too short to tell the candidates apart: the final run takes the budget
         augment, flip = self._augment(ctx, probe, done)
-        if epoch and self._rung_steps(ctx, rung, epoch) < MIN_RUNG_STEPS:
-            return None  # a rung too short to tell the candidates apart: the final run takes the budget
         names = [g.name for g in ctx.groups]
         phases = tuple(
             replace(
@@ -270,7 +274,14 @@ class AutoStrategy:
                     f"race-{name}",
                     trainable,
                     rung,
-                    {"role": "candidate", "recipe": name, "budget_source": source, "rung_seconds": rung, "flip": flip},
+                    {
+                        "role": "candidate",
+                        "recipe": name,
+                        "budget_source": source,
+                        "rung_seconds": rung,
+                        "rung_steps": steps,  # of full, as estimated before the race (MIN_RUNG_STEPS)
+                        "flip": flip,
+                    },
                     f"auto race: {name} ({', '.join(names[i] for i in trainable)}) for {rung:.0f}s from the probe's "
                     f"weights; {source}{self._flip_text(augment, flip)}",
                 ),
@@ -283,11 +294,14 @@ class AutoStrategy:
             phases, reason=f"equal-cost rungs of {rung:.0f}s each ({EXPLORE_SHARE:.0%} of {budget:.0f}s in all)"
         )
 
-    @staticmethod
-    def _rung_steps(ctx: PlanContext, rung: float, epoch: float) -> int:
-        """Optimizer steps of ``full`` (every group: the costliest candidate) in ``rung`` seconds, whole epochs
-        only (an epoch that would end past the rung is not started)."""
-        return int(rung / epoch) * max(1, math.ceil(ctx.num_train / ctx.config.batch))
+    def _rung(self, ctx: PlanContext, probe: PhaseResult, budget: float) -> tuple[float, float, int]:
+        """Seconds of a rung (``EXPLORE_SHARE`` of ``budget`` split between the ``RECIPES``), seconds of an epoch of
+        ``full`` (the costliest candidate) and the optimizer steps of ``full`` a rung holds, whole epochs only (an
+        epoch that would end past the rung is not started)."""
+        rung = EXPLORE_SHARE * budget / len(RECIPES)
+        epoch = self._epoch_seconds(ctx, probe)
+        epochs = int(rung / epoch) if epoch > 0 else 0  # 0 s: no cost known (the race is not held back for it)
+        return rung, epoch, epochs * steps_per_epoch(ctx.num_train, ctx.config.batch)
 
     @staticmethod
     def _augment(ctx: PlanContext, probe: PhaseResult, done: Sequence[PhaseResult]) -> tuple[str, dict[str, Any]]:
@@ -340,9 +354,7 @@ class AutoStrategy:
                 keep=False,
             )
         augment, flip = self._augment(ctx, probe, ())
-        rung = EXPLORE_SHARE * self._budget(ctx, probe)[0] / 2
-        epoch = self._epoch_seconds(ctx, probe)
-        steps = self._rung_steps(ctx, rung, epoch)
+        rung, epoch, steps = self._rung(ctx, probe, self._budget(ctx, probe)[0])
         why = (
             f"no race: a rung of {rung:.0f}s would give every group {steps} optimizer steps ({epoch:.1f}s an epoch), "
             f"fewer than the {MIN_RUNG_STEPS} a comparison needs to see past the warmup; every group trains from the "

@@ -113,6 +113,7 @@ def test_a_race_needs_rungs_of_at_least_min_rung_steps_of_full(epoch: float, rac
     step = auto.next_step(ctx, history)
     if races:
         assert isinstance(step, Candidates) and [p.signals["recipe"] for p in step.phases] == ["partial", "full"]
+        assert {p.signals["rung_steps"] for p in step.phases} == {int(25.5 / epoch) * 10}  # recorded with the race
         return
     assert isinstance(step, Phase) and step.name == "auto-full" and step.seconds == pytest.approx(170.0)
     assert step.signals["rung_steps"] == int(25.5 / epoch) * 10 and step.signals["rung_seconds"] == pytest.approx(25.5)
