@@ -138,6 +138,7 @@ def choose(results: Sequence[PhaseResult], seed: int = 0) -> tuple[PhaseResult, 
         if not c.beyond_noise:
             tied.append(r)
     winner = min(tied, key=lambda r: r.selected_val_loss) if len(tied) > 1 else leader
+    verdicts.pop(winner.index, None)  # the loss chose a candidate other than the leader: it has no verdict
     for r in results:
         if r is winner:
             continue

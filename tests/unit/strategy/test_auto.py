@@ -151,7 +151,7 @@ def test_within_noise_the_lower_validation_loss_decides() -> None:
     b = _result(2, replace(phase, name="b"), [1] * 79 + [0] * 21, nll=0.55)  # one image less, clearly worse loss
     c = _result(3, replace(phase, name="c"), [1] * 81 + [0] * 19, nll=0.60)  # one image more, worst loss
     winner, verdicts = choose([a, b, c])
-    assert winner is a
+    assert winner is a and set(verdicts) == {2, 3}  # a verdict for each candidate dropped, none for the winner
     assert not verdicts[2]["beyond_noise"] and not verdicts[3]["beyond_noise"]
     assert "validation loss" in verdicts[3]["verdict"]
 
