@@ -294,6 +294,25 @@ def parse_methods(spec: str) -> list[str]:
     return names
 
 
+def done_cells(out: Path, budget: float) -> set[tuple[str, int, str]]:
+    """The (task, seed, method) cells of ``out`` that already have an ``ok`` row at ``budget`` seconds.
+
+    A suite of six tasks takes longer than one sitting (about 90 minutes per task on 2 cores): ``--resume`` lets a
+    second sitting append only what is missing. Failed and skipped rows are run again; a row at another budget does
+    not count.
+    """
+    if not out.exists():
+        return set()
+    cells = set()
+    for line in out.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("status") == "ok" and row.get("budget_seconds") == budget:
+            cells.add((str(row["task"]), int(row["seed"]), str(row["method"])))
+    return cells
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -311,6 +330,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path("bench/out/suite_runs"), help="thaw run folders")
     parser.add_argument("--out", type=Path, default=Path("bench/out/suite.jsonl"), help="results, appended")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the (task, seed, method) cells that already have an ok row at this budget in --out",
+    )
     args = parser.parse_args(argv)
     try:
         tasks = parse_names(args.tasks)
@@ -326,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
 
         machine = machine_info()
     timeout = 2 * args.budget + 300
+    finished = done_cells(args.out, args.budget) if args.resume else set()
     total = len(tasks) * len(seeds) * len(methods)
     log(f"{total} runs: {len(tasks)} tasks x {len(seeds)} seeds x {len(methods)} methods, budget {args.budget:g}s")
     done = 0
@@ -335,6 +360,9 @@ def main(argv: list[str] | None = None) -> None:
             task_dir = materialize(task, seed, args.root).resolve()
             for method in methods:
                 done += 1
+                if (task, seed, method.name) in finished:
+                    log(f"[{done}/{total}] {method.name} on {task} seed {seed}: already in {args.out}, skipped")
+                    continue
                 log(f"[{done}/{total}] {method.name} on {task} seed {seed} ({spec.img_size}px)")
                 if method.needs_flag and method.needs_flag not in help_text:
                     row: dict[str, Any] = {

@@ -100,6 +100,29 @@ def test_suite_dry_run_prints_the_user_commands(tmp_path: Path, capsys: pytest.C
     assert tutorial.split()[1:5] == ["-m", "bench.suite", "one", "tutorial"] and "--no-flip" in tutorial
 
 
+def test_suite_resume_runs_only_the_missing_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.jsonl"
+    rows = [
+        {"task": "digits-tiny", "seed": 0, "method": "thaw_full", "status": "ok", "budget_seconds": 180.0},
+        {"task": "digits-tiny", "seed": 0, "method": "tutorial", "status": "ok", "budget_seconds": 60.0},
+        {"task": "digits-tiny", "seed": 0, "method": "thaw_auto", "status": "failed", "budget_seconds": 180.0},
+        {"task": "digits-tiny", "seed": 1, "method": "thaw_auto", "status": "ok", "budget_seconds": 180.0},
+    ]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert suite.done_cells(out, 180.0) == {("digits-tiny", 0, "thaw_full"), ("digits-tiny", 1, "thaw_auto")}
+    argv = ["--tasks", "digits-tiny", "--seeds", "0,1", "--methods", "thaw_auto,thaw_full,tutorial", "--budget", "180"]
+    argv += ["--root", str(tmp_path / "data"), "--out", str(out), "--dry-run"]
+    suite.main(argv + ["--resume"])
+    lines = capsys.readouterr().out.splitlines()
+    # seed 0: the failed auto and the tutorial row at another budget run again; seed 1: all but auto.
+    assert len(lines) == 4
+    assert sum("--strategy auto" in line for line in lines) == 1
+    assert sum("--strategy full" in line for line in lines) == 1
+    assert sum(" one tutorial " in line for line in lines) == 2
+    suite.main(argv)  # without --resume every cell is planned again
+    assert len(capsys.readouterr().out.splitlines()) == 6
+
+
 def test_suite_records_skipped_and_failed_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(suite, "thaw_fit_help", lambda: "usage: thaw fit ... (no such flag here)")
     # A thaw that exits 2 with a one-line error, as the CLI does for a rejected option.
