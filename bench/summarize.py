@@ -136,9 +136,10 @@ def table(rows: Sequence[Row]) -> str:
 def exploration(summary: dict[str, Any]) -> tuple[str, float | None, str]:
     """(what was explored, exploration seconds or None, how that was measured) from a summary.json.
 
-    Tolerant of the format changing: an explicit ``exploration_seconds`` (or ``budget`` dict with it) wins;
-    otherwise the phases other than the selected one (``best_phase``) and other than refits on train+val count
-    as exploration.
+    Tolerant of the format changing: an explicit ``exploration_seconds`` (at the top, in a ``budget`` dict, or in
+    the signals of a decision: auto's ``stop``) wins; otherwise the phases other than the selected one
+    (``best_phase``) and other than refits on train+val count as exploration (wrong when the result is a weight
+    soup of several phases, which is why auto records its own figure).
     """
     phases = [p for p in summary.get("phases") or [] if isinstance(p, dict)]
     parts = []
@@ -164,6 +165,10 @@ def exploration(summary: dict[str, Any]) -> tuple[str, float | None, str]:
         value = source.get("exploration_seconds")
         if isinstance(value, int | float):
             return explored, float(value), "summary.json exploration_seconds"
+    for d in summary.get("decisions") or []:
+        signals = d.get("signals") if isinstance(d, dict) else None
+        if isinstance(signals, dict) and isinstance(signals.get("exploration_seconds"), int | float):
+            return explored, float(signals["exploration_seconds"]), "the strategy's decisions (exploration_seconds)"
     best = summary.get("best_phase")
     if not phases or not isinstance(best, int):
         return explored, None, "not recorded"

@@ -223,6 +223,10 @@ def test_summary_oracle_acceptance_and_exploration(tmp_path: Path) -> None:
     explored, seconds, how = exploration(summary)
     assert seconds == 10.0 and "linear-probe 20ep 10s val 0.700" in explored and "selected" in how
     assert "| t | thaw_auto | 0 | 0.8000 | 0.94 | 0.06 |" in auto_table(loaded)
+    # auto's own figure wins where it records one (a soup of several phases has no single selected phase)
+    stop = {"decision": "stop", "reason": "r", "signals": {"exploration_seconds": 40.0}}
+    soup = {**summary, "best_phase": 5, "decisions": [*summary["decisions"], stop]}
+    assert exploration(soup)[1:] == (40.0, "the strategy's decisions (exploration_seconds)")
     assert "thaw_auto_refit seed 0: skipped: no --refit" in report(loaded)
     worse = [dict(r, test_acc_best_val=0.70) if r["method"] == "thaw_auto" else r for r in rows]
     f.write_text("\n".join(json.dumps(r) for r in worse) + "\n")

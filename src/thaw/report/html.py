@@ -280,16 +280,24 @@ def _race_html(summary: Mapping[str, Any]) -> str:
     """auto's race: each candidate with its rung, what it cost, what it scored and why it was kept or dropped."""
     phases = [p for p in _list(summary.get("phases")) if isinstance(p, dict)]
     candidates = [p for p in phases if _mapping(p.get("signals")).get("role") == "candidate"]
-    final = next((p for p in phases if _mapping(p.get("signals")).get("role") == "final"), None)
+    # the winner either continued (role "final") or was repeated for a weight soup (role "repeat")
+    final = next((p for p in phases if _mapping(p.get("signals")).get("role") in ("final", "repeat")), None)
     if not candidates:
         return ""
-    verdicts = _mapping(_mapping(final.get("signals")).get("race")) if final else {}
-    winner = _mapping(final.get("signals")).get("recipe") if final else None
+    final_signals = _mapping(final.get("signals")) if final else {}
+    verdicts = _mapping(final_signals.get("race"))
+    winner = final_signals.get("recipe")
+    won = (
+        f"won: its rung repeated {final_signals.get('repeats')} time(s) for a weight soup (lowest validation loss "
+        f"at epoch {final_signals.get('rung_min_val_loss_epoch')} of {final_signals.get('rung_epochs')})"
+        if final_signals.get("role") == "repeat"
+        else "won: continued for the rest of the budget"
+    )
     rows = []
     for p in candidates:
         recipe = _mapping(p.get("signals")).get("recipe")
         verdict = _mapping(verdicts.get(str(p.get("index"))))
-        outcome = "won: continued for the rest of the budget" if recipe == winner else _text(verdict.get("verdict"))
+        outcome = escape(won) if recipe == winner else _text(verdict.get("verdict"))
         rows.append(
             (
                 _text(recipe),

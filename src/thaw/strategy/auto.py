@@ -18,6 +18,12 @@
    optimizer steps from the measured epoch cost so that it anneals to zero within the budget (no early stop: on a
    few validation images it ends runs before the learning rate has annealed). The best weights on validation across
    all phases are the result, and a last epoch within noise of them wins the tie.
+   **Unless the rung says length does not help**: when the winner's rung reached its lowest validation loss within
+   its first ``EARLY_MIN_SHARE`` of ``EARLY_MIN_EPOCHS`` or more epochs, the images were fitted long before the rung
+   ended, and a run several times longer only drifts further (stamps, 8 images per class: docs/benchmarks.md,
+   "Repeats on tiny data"). Then the rest of the budget repeats the winner's rung (same recipe, same length, from
+   the probe's weights, new data order and augmentation) and the result is the uniform weight soup of the rung and
+   its repeats, which validation can veto (``Selection.soup``).
 5. **Refit** (``--refit``): the winner's recipe trains on training + validation images for as many epochs as its
    validated run took; the budget is split between the two, and the summary says that nothing is held out.
 
@@ -36,7 +42,18 @@ from typing import Any
 import numpy as np
 
 from thaw.strategy import base
-from thaw.strategy.base import Candidates, Decision, Phase, PhaseResult, PlanContext, Refit, Step, StepResult
+from thaw.strategy.base import (
+    Average,
+    AverageResult,
+    Candidates,
+    Decision,
+    Phase,
+    PhaseResult,
+    PlanContext,
+    Refit,
+    Step,
+    StepResult,
+)
 from thaw.strategy.fixed import finetune_phase, probe_phase
 from thaw.train.optim import MIN_WARMUP_STEPS, steps_per_epoch
 
@@ -48,6 +65,10 @@ __all__ = [
     "paired_bootstrap",
     "EXPLORE_SHARE",
     "MIN_RUNG_STEPS",
+    "EARLY_MIN_SHARE",
+    "EARLY_MIN_EPOCHS",
+    "TIMED_PASS_SECONDS",
+    "fitted_early",
 ]
 
 #: Share of the training budget the race takes (both rungs together); the winner gets the rest.
@@ -63,6 +84,18 @@ RESAMPLES = 2000
 MIN_RUNG_STEPS = 5 * MIN_WARMUP_STEPS
 #: The race's candidates: the upper third of the backbone, and every group.
 RECIPES = ("partial", "full")
+#: The winner's rung reached its lowest validation loss within this share of its epochs ...
+EARLY_MIN_SHARE = 1 / 3
+#: ... and ran at least this many epochs (passes over the training images): then more length does not help, and the
+#: rest of the budget repeats the rung for a weight soup. Measured (docs/benchmarks.md, "Repeats on tiny data"): the
+#: winner's rung had its lowest loss at 7-21 % of 53-88 epochs on stamps (8 images per class), at 43-100 % of
+#: 11-42 epochs on digits, cvdigits and the embedded sample, where the long run gained on validation.
+EARLY_MIN_EPOCHS = 10
+#: A probe's feature pass shorter than this prices a fine-tuning epoch poorly: the process's first forward pass pays
+#: one-time set-up, which on a few dozen images is most of it (stamps, 60 images: 0.49 s once against 0.16 s usually,
+#: an epoch of ``full`` estimated at 1.04 s against 0.43 s run, so the race was skipped). Then the epoch is timed
+#: (``Runner.measure``: a warm-up batch of each size, the fastest of up to three passes).
+TIMED_PASS_SECONDS = 2.0
 #: Upper bound on the epochs of a phase whose length the clock sets.
 MAX_EPOCHS = 100_000
 #: Without --time-budget: the winner's run is planned for this many epochs ...
@@ -153,6 +186,12 @@ def choose(results: Sequence[PhaseResult], seed: int = 0) -> tuple[PhaseResult, 
     return winner, verdicts
 
 
+def fitted_early(rung: PhaseResult) -> bool:
+    """Whether a rung reached its lowest validation loss early (``EARLY_MIN_SHARE`` of ``EARLY_MIN_EPOCHS`` or more
+    epochs): training longer on these images stopped helping well before the rung ended."""
+    return rung.epochs_run >= EARLY_MIN_EPOCHS and 0 < rung.min_val_loss_epoch <= EARLY_MIN_SHARE * rung.epochs_run
+
+
 def flip_verdict(
     probe: PhaseResult, mirrored: tuple[Sequence[int], Sequence[float]] | None, augment: str, seed: int = 0
 ) -> tuple[str, dict[str, Any]]:
@@ -182,11 +221,13 @@ class AutoStrategy:
 
     def needs(self, history: Sequence[StepResult]) -> base.Measurements:
         """After the probe, the cost of a fine-tuning epoch sizes the race (and the budget when none is given). A
-        probe on cached features measured it for free (its forward pass); only an uncached probe asks. The probe's
-        validation numbers on mirrored images decide whether fine-tuning flips (``flip_verdict``)."""
+        probe on cached features measured it for free (its forward pass) when that pass took ``TIMED_PASS_SECONDS``
+        or more; an uncached probe, or a shorter pass, asks for it to be timed. The probe's validation numbers on
+        mirrored images decide whether fine-tuning flips (``flip_verdict``)."""
         probe = base.phase_results(history)[:1]
         after_probe = len(history) == 1
-        return base.Measurements(epoch_seconds=after_probe and not probe[0].setup_seconds, mirrored=after_probe)
+        timed = bool(probe) and probe[0].setup_seconds >= TIMED_PASS_SECONDS
+        return base.Measurements(epoch_seconds=after_probe and not timed, mirrored=after_probe)
 
     @staticmethod
     def _epoch_seconds(ctx: PlanContext, probe: PhaseResult) -> float:
@@ -213,6 +254,9 @@ class AutoStrategy:
             )
         race = [p for p in phases if p.phase.signals.get("role") == "candidate"]
         final = [p for p in phases if p.phase.signals.get("role") == "final"]
+        repeats = [p for p in phases if p.phase.signals.get("role") == "repeat"]
+        if repeats:
+            return self._repeat(ctx, phases, repeats, history)
         if not final:
             planned = self._race(ctx, phases[0], race)
             if planned is not None and len(race) < len(planned.phases):
@@ -345,6 +389,25 @@ class AutoStrategy:
             recipe = str(winner.phase.signals["recipe"])
             why = f"{recipe} won the race (val {winner.selected_val_accuracy:.4f}, loss {winner.selected_val_loss:.4f})"
             race_record = {str(k): v for k, v in verdicts.items()}
+            if fitted_early(winner) and not ctx.config.refit:
+                rung = float(winner.phase.signals["rung_seconds"])
+                count = max(1, int(seconds // rung))
+                signals = {
+                    "role": "repeat",
+                    "recipe": recipe,
+                    "race": race_record,
+                    "winner": winner.index,
+                    "repeats": count,
+                    "rung_min_val_loss_epoch": winner.min_val_loss_epoch,
+                    "rung_epochs": winner.epochs_run,
+                    "planned_seconds": seconds / count,
+                }
+                reason = (
+                    f"auto: {why}; its rung reached its lowest validation loss at epoch {winner.min_val_loss_epoch} "
+                    f"of {winner.epochs_run}, so a longer run would only drift further: the {seconds:.0f}s left "
+                    f"repeat the rung {count} time(s) from the probe's weights, for a weight soup with the rung"
+                )
+                return self._repeat_phase(winner, signals, 1, seconds / count, reason)
             return replace(
                 winner.phase,
                 name=f"auto-{recipe}",
@@ -375,6 +438,46 @@ class AutoStrategy:
         phase = self._phase(ctx, "auto-full", tuple(range(ctx.head + 1)), seconds, signals, f"auto: {why}; {plan}")
         return replace(phase, augment=augment, start="pretrained")
 
+    @staticmethod
+    def _repeat_phase(winner: PhaseResult, signals: dict[str, Any], k: int, seconds: float, reason: str) -> Phase:
+        """Repeat ``k`` of the winner's rung: its recipe and start (the probe's weights), kept for the soup."""
+        return replace(
+            winner.phase,
+            name=f"auto-{signals['recipe']}-repeat{k}",
+            seconds=seconds,
+            signals={**signals, "repeat": k, "planned_seconds": seconds},
+            reason=reason,
+            keep=True,
+        )
+
+    def _repeat(
+        self,
+        ctx: PlanContext,
+        phases: Sequence[PhaseResult],
+        repeats: Sequence[PhaseResult],
+        history: Sequence[StepResult],
+    ) -> Step | None:
+        """The next repeat of the winner's rung while the budget lasts, then the soup of the rung and its repeats."""
+        if any(isinstance(r, AverageResult) for r in history):
+            return None
+        first = repeats[0].phase.signals
+        winner = phases[int(first["winner"])]
+        count = int(first["repeats"])
+        done = len(repeats)
+        if done < count and (ctx.seconds_left is None or ctx.seconds_left > 0):
+            if ctx.seconds_left is not None:
+                seconds = ctx.seconds_left / (count - done)
+            else:
+                seconds = float(first["planned_seconds"])
+            reason = f"auto: repeat {done + 1} of {count} of the {first['recipe']} rung, for the weight soup"
+            return self._repeat_phase(winner, dict(first), done + 1, seconds, reason)
+        members = (winner.index, *(r.index for r in repeats if r.epochs_run > 0))
+        return Average(
+            members,
+            reason=f"auto: uniform soup of the {first['recipe']} rung and its {len(members) - 1} repeat(s); "
+            "validation vetoes it only when it is worse beyond noise",
+        )
+
     # ------------------------------------------------------------------ explain
     def decisions(self, history: Sequence[StepResult]) -> list[Decision]:
         """What was decided at each step, and why, with its numbers (summary.json ``decisions``)."""
@@ -394,13 +497,28 @@ class AutoStrategy:
         spent = sum(p.seconds for p in race) + (phases[0].seconds if phases else 0.0)
         total = sum(p.seconds for p in phases)
         final = [p for p in phases if p.phase.signals.get("role") == "final"]
+        repeats = [p for p in phases if p.phase.signals.get("role") == "repeat"]
         kept = final[0].phase.start_phase() if final else None
+        if repeats:
+            kept = int(repeats[0].phase.signals["winner"])
         discarded = sum(p.seconds for p in race if p.index != kept)
+        for soup in (s for s in history if isinstance(s, AverageResult)):
+            out.append(
+                Decision(
+                    soup.index,
+                    "soup adopted" if soup.adopted else "soup vetoed",
+                    "auto: uniform weight soup of the winner's rung and its repeats"
+                    + ("" if soup.adopted else "; validation put it below the ingredients beyond noise"),
+                    dict(soup.info),
+                )
+            )
         out.append(
             Decision(
                 len(history),
                 "stop",
-                "auto: the race was decided and the winner trained for the budget"
+                "auto: the race was decided and the winner's rung repeated for a weight soup"
+                if repeats
+                else "auto: the race was decided and the winner trained for the budget"
                 if race
                 else "auto: the budget allowed no race",
                 {

@@ -189,6 +189,8 @@ class PhaseResult:
     """Per validation image, 1 if the selected weights classify it correctly: for paired noise estimates."""
     val_nll: list[float] = field(default_factory=list)
     """Per validation image, the selected weights' cross-entropy."""
+    min_val_loss_epoch: int = 0
+    """Epoch within the phase (1-based) with the lowest validation loss; 0 if none was measured."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, group_names: Sequence[str]) -> dict[str, Any]:
@@ -204,6 +206,7 @@ class PhaseResult:
             "best_epoch": self.best_epoch,
             "best_val_accuracy": self.best_val_accuracy,
             "best_val_loss": self.best_val_loss,
+            "min_val_loss_epoch": self.min_val_loss_epoch,
             "selected_val_accuracy": self.selected_val_accuracy,
             "lr": self.phase.lr,
             "lr_scales": {group_names[i]: s for i, s in self.phase.lr_scales.items()},

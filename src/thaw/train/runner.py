@@ -97,6 +97,10 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+#: Timed passes of the epoch-cost measurement stop at three, or once they add up to this many seconds.
+MEASURE_SECONDS = 1.5
+
+
 @dataclass
 class EpochState:
     """Where a phase stands between epochs (what --resume needs beyond the tensors)."""
@@ -116,6 +120,8 @@ class EpochState:
     lr_factor: float = 1.0
     """Lowered to 0.1 after a non-finite loss (the phase retries once from the last good weights)."""
     min_val_loss: float = math.inf
+    min_val_loss_epoch: int = 0
+    """Epoch within the phase (1-based) with the lowest validation loss; 0 before any."""
     cycle_seconds: float = 0.0
     """Wall seconds of the last whole epoch (training, validation, checkpoint)."""
     steady_seconds: float = 0.0
@@ -304,12 +310,22 @@ class Runner:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))[: batches * bs]
         sub = self.train_data.subset(order.tolist())
         data = list(tensor_batches(sub.images, sub.labels, bs, transform=self.feed.normalize, device=self.device))
-        # one untimed batch first: a process's first backward pass pays one-time set-up (docs/benchmarks.md,
-        # "Epoch cost")
-        relative_grad_norms(self.model, self.groups, data[:1])
-        start = time.perf_counter()
-        rgn = relative_grad_norms(self.model, self.groups, data)
-        per_image = (time.perf_counter() - start) / max(len(order), 1)
+        # one untimed batch of each size first: a process's first backward pass pays one-time set-up
+        # (docs/benchmarks.md, "Epoch cost"), and a new batch shape some more (40 images at batch 32 make batches of
+        # 32 and 8; the cold 8 added 8 % to a timed pass of Lite0 at 96 px)
+        sizes: dict[int, Any] = {}
+        for batch in data:
+            sizes.setdefault(len(batch[1]), batch)
+        relative_grad_norms(self.model, self.groups, list(sizes.values()))
+        # the fastest of a few timed passes, as timeit takes: a pass over a few dozen images is a fraction of a
+        # second, where one hiccup would price the race out of the budget. The raw model runs here (no DDP wrapper,
+        # no collective), so ranks may time a different number of passes; rank 0's figure is broadcast.
+        passes: list[float] = []
+        while len(passes) < 3 and sum(passes) < MEASURE_SECONDS:
+            start = time.perf_counter()
+            rgn = relative_grad_norms(self.model, self.groups, data)
+            passes.append(time.perf_counter() - start)
+        per_image = min(passes) / max(len(order), 1)
         # a training epoch: forward+backward over the (sharded) training set, plus a forward pass over validation
         local = -(-n // self.dist.world_size)
         epoch = broadcast_float(per_image * local + per_image / 3 * len(self.val_data), self.dist, self.device)
@@ -546,7 +562,8 @@ class Runner:
         # patience counts epochs in which neither validation accuracy nor validation loss improved: on small
         # validation sets accuracy moves in steps of one image and stalls while the loss still improves
         loss_better = ep.val.loss < st.min_val_loss - 1e-3 * abs(st.min_val_loss)
-        st.min_val_loss = min(st.min_val_loss, ep.val.loss)
+        if ep.val.loss < st.min_val_loss:
+            st.min_val_loss, st.min_val_loss_epoch = ep.val.loss, st.epochs_done
         st.bad_epochs = 0 if own_better or loss_better else st.bad_epochs + 1
         if not phase.refit and self.selection.offer(self.model, score, (index, st.epochs_done)):
             st.improved_overall_epoch = st.epochs_done
@@ -646,6 +663,7 @@ class Runner:
             selected_val_loss=chosen.loss if st.epochs_done else math.nan,
             val_correct=chosen.correct,
             val_nll=chosen.nll,
+            min_val_loss_epoch=st.min_val_loss_epoch,
             extra=extra,
         )
 

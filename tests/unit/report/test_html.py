@@ -175,3 +175,40 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot read .*summary.json"):
         write_report(tmp_path)
+
+
+@pytest.mark.parametrize("role", ["final", "repeat"])
+def test_the_race_table_says_how_the_winner_was_used(make_run: Callable[..., Path], role: str) -> None:
+    """auto's race: the loser's verdict, and the winner continued (``final``) or repeated for a soup (``repeat``)."""
+    run = make_run()
+    summary = json.loads((run / "summary.json").read_text())
+    verdict = {"verdict": "dropped on validation loss: accuracy within noise", "accuracy_diff_lower_bound": -0.1}
+    race = {"role": role, "recipe": "partial", "race": {"2": verdict}}
+    if role == "repeat":
+        race |= {"repeats": 4, "rung_min_val_loss_epoch": 6, "rung_epochs": 88}
+    summary["phases"] = [
+        {"index": 0, "name": "linear-probe", "trainable_groups": ["head"], "epochs": 7},
+        *[
+            {
+                "index": i,
+                "name": f"race-{r}",
+                "trainable_groups": ["head"],
+                "epochs": 50,
+                "planned_seconds": 25.0,
+                "seconds": 23.5,
+                "selected_val_accuracy": 0.8,
+                "selected_val_loss": 0.7,
+                "signals": {"role": "candidate", "recipe": r},
+            }  # fmt: skip
+            for i, r in ((1, "partial"), (2, "full"))
+        ],
+        {"index": 3, "name": "auto-partial", "trainable_groups": ["head"], "epochs": 90, "signals": race},
+    ]
+    (run / "summary.json").write_text(json.dumps(summary))
+    text, _ = parse(write_report(run))
+    table = text[text.index("The race") :]
+    assert "dropped on validation loss" in table
+    if role == "repeat":
+        assert "repeated 4 time(s) for a weight soup" in table and "epoch 6 of 88" in table
+    else:
+        assert "continued for the rest of the budget" in table

@@ -9,8 +9,28 @@ import timm
 
 from thaw.config import FitConfig
 from thaw.models.groups import layer_groups
-from thaw.strategy.auto import EXPLORE_SHARE, MIN_RUNG_STEPS, AutoStrategy, choose, compare_paired, flip_verdict
-from thaw.strategy.base import Candidates, Phase, PhaseResult, PlanContext, Refit, Signals, StepResult
+from thaw.strategy.auto import (
+    EARLY_MIN_EPOCHS,
+    EXPLORE_SHARE,
+    MIN_RUNG_STEPS,
+    TIMED_PASS_SECONDS,
+    AutoStrategy,
+    choose,
+    compare_paired,
+    fitted_early,
+    flip_verdict,
+)
+from thaw.strategy.base import (
+    Average,
+    AverageResult,
+    Candidates,
+    Phase,
+    PhaseResult,
+    PlanContext,
+    Refit,
+    Signals,
+    StepResult,
+)
 
 
 def _ctx(
@@ -81,6 +101,18 @@ def test_after_the_probe_it_races_two_recipes_on_equal_cost_rungs_from_the_probe
         assert p.start == "phase:0" and p.seconds == pytest.approx(rung) and p.patience == 0
         assert p.signals["role"] == "candidate" and p.keep  # the winner continues from its rung
     assert sum(p.seconds or 0 for p in race.phases) == pytest.approx(EXPLORE_SHARE * 170.0)
+
+
+@pytest.mark.parametrize(("setup", "timed"), [(0.0, True), (0.49, True), (TIMED_PASS_SECONDS, False), (6.0, False)])
+def test_the_epoch_is_timed_unless_the_probe_feature_pass_was_long_enough_to_price_it(
+    setup: float, timed: bool
+) -> None:
+    """No cached pass (0 s), or one of a few dozen images that is mostly one-time set-up: time an epoch."""
+    ctx = _ctx()
+    auto, history = _probe(ctx)
+    history = [replace(history[0], setup_seconds=setup)]
+    assert auto.needs(history).epoch_seconds is timed
+    assert auto.needs(history).mirrored
 
 
 def test_a_race_cut_by_an_interruption_continues_with_the_remaining_candidate_at_the_same_rung() -> None:
@@ -212,6 +244,74 @@ def test_decisions_record_every_phase_and_the_share_of_time_spent_exploring() ->
     # only the loser's rung is thrown away: the winner's continues
     assert decisions[-1].signals["discarded_share"] == pytest.approx(20 / (3 + 2 * 20 + 100))
     assert all(d.reason for d in decisions)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "min_epoch", "early"),
+    [(88, 6, True), (53, 17, True), (53, 18, False), (30, 18, False), (9, 1, False), (40, 0, False)],
+)
+def test_a_rung_fitted_early_when_its_lowest_validation_loss_came_in_its_first_third(
+    epochs: int, min_epoch: int, early: bool
+) -> None:
+    """stamps' rungs had their lowest loss at epoch 6 of 88; the digit tasks' at 43-100 % of their epochs. Fewer than
+    EARLY_MIN_EPOCHS epochs say nothing (a first epoch of three is a third), nor does no measurement (0)."""
+    assert EARLY_MIN_EPOCHS == 10
+    rung = replace(
+        _result(1, Phase("race-partial", (0,), 1, 1e-3), [1, 0], epochs=epochs), min_val_loss_epoch=min_epoch
+    )
+    assert fitted_early(rung) is early
+
+
+def _race_fitted_early(ctx: PlanContext) -> tuple[AutoStrategy, list[StepResult], Candidates]:
+    auto, history = _probe(ctx)
+    race = auto.next_step(ctx, history)
+    assert isinstance(race, Candidates)
+    partial = _result(1, race.phases[0], [1] * 80 + [0] * 20, nll=0.5, epochs=60)
+    history.append(replace(partial, min_val_loss_epoch=5))  # the winner, fitted by its 5th of 60 epochs
+    history.append(_result(2, race.phases[1], [1] * 60 + [0] * 40, nll=0.9, epochs=30))
+    return auto, history, race
+
+
+def test_a_winner_fitted_early_is_repeated_for_a_weight_soup_instead_of_run_longer() -> None:
+    ctx = _ctx(seconds_left=170.0)
+    auto, history, race = _race_fitted_early(ctx)
+    rung = race.phases[0].seconds or 0.0  # 25.5 s
+    step = auto.next_step(replace(ctx, seconds_left=119.0, signals=Signals()), history)
+    assert isinstance(step, Phase) and step.name == "auto-partial-repeat1"
+    count = int(119.0 // rung)  # 4 repeats of 29.75 s
+    assert step.signals["role"] == "repeat" and step.signals["repeats"] == count == 4
+    assert step.seconds == pytest.approx(119.0 / count)
+    # the rung's recipe from the rung's start (the probe), kept for the soup
+    assert (step.trainable, step.lr, step.start, step.keep, step.patience) == (
+        race.phases[0].trainable,
+        race.phases[0].lr,
+        "phase:0",
+        True,
+        0,
+    )
+    assert "epoch 5 of 60" in step.reason and step.signals["race"]["2"]["beyond_noise"]
+    history.append(_result(3, step, [1] * 82 + [0] * 18, seconds=29.0))
+    # the next repeat shares what is left among the repeats still to run
+    nxt = auto.next_step(replace(ctx, seconds_left=60.0, signals=Signals()), history)
+    assert isinstance(nxt, Phase) and nxt.name == "auto-partial-repeat2" and nxt.seconds == pytest.approx(20.0)
+    history.append(_result(4, nxt, [1] * 81 + [0] * 19, seconds=20.0))
+    # out of time before the last repeats: the soup of the rung and the repeats that ran
+    soup = auto.next_step(replace(ctx, seconds_left=0.0, signals=Signals()), history)
+    assert isinstance(soup, Average) and soup.members == (1, 3, 4)
+    history.append(AverageResult(5, soup.members, True, {"soup_val_accuracy": 0.84}))
+    assert auto.next_step(replace(ctx, seconds_left=0.0), history) is None
+    decisions = auto.decisions(history)
+    assert [d.decision for d in decisions][-2:] == ["soup adopted", "stop"]
+    assert "repeated for a weight soup" in decisions[-1].reason
+    # the winner's rung is kept in the soup: only the loser's rung is thrown away
+    assert decisions[-1].signals["discarded_seconds"] == pytest.approx(20.0)
+
+
+def test_with_refit_a_winner_fitted_early_still_continues_and_is_refitted() -> None:
+    ctx = _ctx(seconds_left=170.0, refit=True)
+    auto, history, _ = _race_fitted_early(ctx)
+    final = auto.next_step(replace(ctx, seconds_left=120.0, signals=Signals()), history)
+    assert isinstance(final, Phase) and final.signals["role"] == "final" and final.seconds == pytest.approx(60.0)
 
 
 def _mirrored(plain: int, mirrored: int, n: int = 100) -> tuple[PhaseResult, tuple[list[int], list[float]]]:

@@ -161,6 +161,19 @@ def test_best_weights_are_restored_after_a_phase() -> None:
     assert r.selection.best_where[0] == 0 and 1 <= r.selection.best_where[1] <= 4
 
 
+def test_a_phase_records_the_epoch_of_its_lowest_validation_loss() -> None:
+    """What auto reads to tell a rung that fitted its images early (``auto.fitted_early``), from the metrics rows."""
+    rows: list[dict[str, Any]] = []
+    r = _runner()
+    r.sink = rows.append
+    head = len(r.groups) - 1
+    res = r.run_phase(0, Phase("p", trainable=tuple(range(head + 1)), epochs=5, lr=0.5, augment="none", patience=0), [])
+    losses = [row["val_loss"] for row in rows]
+    assert len(losses) == res.epochs_run == 5
+    assert res.min_val_loss_epoch == losses.index(min(losses)) + 1
+    assert res.to_dict([g.name for g in r.groups])["min_val_loss_epoch"] == res.min_val_loss_epoch
+
+
 def _still(name: str, trainable: tuple[int, ...], **kw: object) -> Phase:
     """A phase that changes nothing (lr 0, frozen statistics): its weights are its starting weights."""
     return Phase(name, trainable, epochs=1, lr=0.0, augment="none", bn_policy="eval-all", patience=0, **kw)  # type: ignore[arg-type]
