@@ -228,7 +228,8 @@ def fit(
         progress: called with one line per epoch; default: the ``thaw`` logger at INFO.
         on_step: called after every training step with (phase name, step, steps per epoch, mean loss, accuracy,
             images/second), for a live progress bar.
-        **options: any FitConfig field, e.g. ``strategy="last-k", k=2, epochs=5, img_size=96``.
+        **options: any FitConfig field, e.g. ``strategy="last-k", k=2, epochs=5, img_size=96``; without
+            ``strategy`` auto runs (``time_budget`` sets its budget; without one it chooses one and says so).
 
     Returns:
         FitResult with the run directory, best validation and test accuracy, and the summary dict.
@@ -237,8 +238,9 @@ def fit(
         ThawError: bad options, unusable data or weights, unwritable output.
 
     Example:
-        >>> r = thaw.fit("data/train", test="data/test", strategy="lp-ft", img_size=96)  # doctest: +SKIP
+        >>> r = thaw.fit("data/train", test="data/test", img_size=96, time_budget="5m")  # auto  # doctest: +SKIP
         >>> print(r.test_accuracy)  # doctest: +SKIP
+        >>> r = thaw.fit("data/train", strategy="lp-ft", epochs=20)  # a fixed strategy  # doctest: +SKIP
     """
     if resume is not None:
         rd = RunDir(resume)
@@ -328,7 +330,7 @@ def _fit(
         write_json(rd.audit_json, data.audit)
     for line in format_audit(data.audit):
         say(line)
-    for w in data.warnings if main else []:
+    for w in [*cfg.ignored_options(), *data.warnings] if main else []:
         log.warning(w)
 
     # 2. the strategy's steps, executed by the runner until the strategy is done
@@ -366,7 +368,7 @@ def _fit(
         budget_seconds=cfg.time_budget,
     )
     history, probe_test = _run_steps(strategy, runner, ctx, rd, resume_from, data.test, say)
-    warnings = [*data.warnings, *runner.warnings]
+    warnings = [*cfg.ignored_options(), *data.warnings, *runner.warnings]
     if sink is not None:
         sink.close()
 

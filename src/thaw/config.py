@@ -17,7 +17,7 @@ import yaml
 
 from thaw.errors import ConfigError
 from thaw.names import did_you_mean
-from thaw.strategy.registry import STRATEGIES, required_options
+from thaw.strategy.registry import STRATEGIES, STRATEGY_OPTIONS, required_options
 
 __all__ = ["FitConfig", "STRATEGIES", "default_batch_size", "parse_duration", "phase_patience"]
 
@@ -84,10 +84,20 @@ class FitConfig:
     )
     img_size: int | None = _f(None, "input resolution in pixels; default: the model's pretrained config")
     # strategy
-    strategy: str = _f("lp-ft", "which layers to thaw: " + ", ".join(STRATEGIES))
+    strategy: str = _f(
+        "auto",
+        "which layers to thaw: "
+        + ", ".join(STRATEGIES)
+        + "; auto measures candidates within the time budget and decides (without --time-budget it chooses one from "
+        "the data and the measured step cost, and says so)",
+    )
     k: int = _f(2, "last-k: number of layer groups below the head to train")
     groups: str | None = _f(None, "groups strategy: comma-separated group names or indices, or re:REGEX")
-    epochs: int = _f(10, "epochs of each fine-tuning phase (upper bound; early stopping may end a phase sooner)")
+    epochs: int = _f(
+        10,
+        "fixed strategies: epochs of each fine-tuning phase (upper bound; early stopping may end a phase sooner); "
+        "auto sizes its phases from the time budget instead",
+    )
     probe_epochs: int = _f(20, "epochs of a head-only (linear probe) phase; cheap when features are cached")
     gradual_epochs: int = _f(1, "gradual: epochs per unfreezing step before the final phase")
     refit: bool = _f(
@@ -129,7 +139,9 @@ class FitConfig:
         "early stopping: epochs without validation improvement before a phase ends; default: a quarter of the "
         "phase's epochs, at least 3 (5 for a probe); 0: off",
     )
-    time_budget: float | None = _f(None, "wall-clock budget for training, e.g. 300, 5m, 1h (phases end early)")
+    time_budget: float | None = _f(
+        None, "wall-clock budget, e.g. 300, 5m, 1h: auto plans to spend it; fixed strategies stop early at it"
+    )
     # machine
     seed: int = _f(0, "random seed (data split, initialisation, shuffling, augmentation)")
     device: str = _f("auto", "auto, cpu, cuda or mps")
@@ -238,6 +250,36 @@ class FitConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def ignored_options(self) -> list[str]:
+        """A sentence for each option set away from its default that the chosen strategy does not read (auto, the
+        default strategy, sizes its phases from the time budget, so a habitual ``--epochs 30`` would otherwise be
+        lost without a word)."""
+        readers = {  # option -> the strategies that read it
+            "epochs": tuple(s for s in STRATEGIES if s not in ("linear", "auto")),
+            "probe_epochs": ("linear", "gradual", "lp-ft", "auto"),
+            "gradual_epochs": ("gradual",),
+            **{o: (s,) for s, opts in STRATEGY_OPTIONS.items() for o in opts},
+        }
+        default = FitConfig()
+        out = []
+        for name, strategies in readers.items():
+            value = getattr(self, name)
+            if self.strategy in strategies or value == getattr(default, name):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if self.strategy == "auto" and name == "epochs":
+                out.append(
+                    f"{flag} {value} has no effect with --strategy auto (the default): auto sizes its phases from "
+                    "the time budget (--time-budget); name a fixed strategy (e.g. --strategy lp-ft) to train for a "
+                    "number of epochs"
+                )
+            else:
+                out.append(
+                    f"{flag} {value} has no effect with --strategy {self.strategy} "
+                    f"(only {', '.join(strategies)} use it)"
+                )
+        return out
 
     def validate(self) -> None:
         """Check every field and raise one ConfigError listing all problems."""

@@ -84,3 +84,27 @@ def test_the_batch_size_left_to_thaw_is_chosen_from_the_data_and_a_given_one_is_
     assert cfg.replace(batch_size=8).resolved(num_train=300).batch == 8
     with pytest.raises(ConfigError, match="--batch-size must be at least 1"):
         cfg.replace(batch_size=0)
+
+
+def test_auto_is_the_default_strategy() -> None:
+    assert FitConfig(train="x").strategy == "auto"
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({}, []),
+        ({"epochs": 30}, ["--epochs 30 has no effect with --strategy auto (the default)"]),
+        ({"epochs": 30, "strategy": "lp-ft"}, []),
+        ({"k": 4, "strategy": "lp-ft"}, ["--k 4 has no effect with --strategy lp-ft (only last-k use it)"]),
+        ({"k": 4, "strategy": "last-k", "probe_epochs": 3}, ["--probe-epochs 3 has no effect with --strategy last-k"]),
+        ({"gradual_epochs": 2, "strategy": "full"}, ["--gradual-epochs 2 has no effect with --strategy full"]),
+        ({"epochs": 5, "strategy": "linear"}, ["--epochs 5 has no effect with --strategy linear"]),
+        ({"groups": "blocks.6", "strategy": "groups", "epochs": 5}, []),
+    ],
+)
+def test_options_the_strategy_does_not_read_are_said(changes: dict[str, object], said: list[str]) -> None:
+    """An option set away from its default that the chosen strategy ignores gets a sentence (api.fit logs it and
+    summary.json lists it under warnings); defaults and options the strategy reads get none."""
+    got = FitConfig(train="x", **changes).ignored_options()  # type: ignore[arg-type]
+    assert len(got) == len(said) and all(g.startswith(s) for g, s in zip(got, said, strict=True)), got
