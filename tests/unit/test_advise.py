@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +269,32 @@ def test_advise_with_tiny_models(tmp_path: Path) -> None:
     assert data["plan"]["strategy"] == result.plan.strategy
     assert data["models"][1]["logme"] is None  # NaN becomes null
     assert data["dataset"]["num_classes"] == 3
+
+
+def test_the_first_feature_pass_is_not_timed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model's first forward pass pays one-time set-up; on a few dozen images it was most of the timed pass and
+    made the first model measured look the costliest. Here the first pass is made 1 s slower: the forward cost
+    advise reports must not include it."""
+    import thaw.advise as advise_mod
+
+    train = _image_folder(tmp_path / "train")
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=3).state_dict(), str(weights))
+    real = advise_mod.stage_features
+    calls: list[int] = []
+
+    def cold_first(*args, **kwargs):  # the first call of the process is slow, as a cold first pass is
+        calls.append(len(args[2]))
+        if len(calls) == 1:
+            time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(advise_mod, "stage_features", cold_first)
+    result = advise(str(train), models=("test_resnet",), weights={"test_resnet": str(weights)})
+    (good,) = result.models
+    assert len(calls) == 2 and calls[0] <= calls[1] == result.dataset.measured_images  # warm-up batch, then all
+    assert good.epoch_seconds["linear"] < 0.5, good.epoch_seconds
 
 
 def test_advise_defaults_to_the_builtin_models_and_subsamples_per_class(
