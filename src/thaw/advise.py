@@ -460,9 +460,9 @@ def measure_model(
 
     say(f"{name}: features at every stage ({len(data)} images)")
     # one untimed batch first: a model's first forward pass pays one-time set-up (allocation, kernel selection),
-    # which on a few dozen images is most of the pass. Untimed, the first model measured looked the costliest: on
-    # 40 images (stamps) Lite0 0.22 s an epoch against Lite2's 0.12, and cost then decided against Lite0
-    # (docs/benchmarks.md, "Backbones")
+    # and on a few dozen images that is a large part of the pass. Timed cold, the first model measured paid it alone:
+    # on 40 images (stamps, 96 px) Lite0, measured first, 0.139 s an epoch cold against 0.104 s warm, while Lite1 and
+    # Lite2 cost 0.09-0.12 s either way (docs/benchmarks.md, "Backbones")
     stage_features(
         model, groups, data.images[:FEATURE_BATCH], preprocess.mean, preprocess.std, batch_size=FEATURE_BATCH
     )

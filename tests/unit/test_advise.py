@@ -272,8 +272,8 @@ def test_advise_with_tiny_models(tmp_path: Path) -> None:
 
 
 def test_the_first_feature_pass_is_not_timed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model's first forward pass pays one-time set-up; on a few dozen images it was most of the timed pass and
-    made the first model measured look the costliest. Here the first pass is made 1 s slower: the forward cost
+    """A model's first forward pass pays one-time set-up; on a few dozen images it is a large part of the timed
+    pass, and the first model measured would pay it alone. Here the first pass is made 1 s slower: the forward cost
     advise reports must not include it."""
     import thaw.advise as advise_mod
 
