@@ -330,7 +330,8 @@ def _fit(
         write_json(rd.audit_json, data.audit)
     for line in format_audit(data.audit):
         say(line)
-    for w in [*cfg.ignored_options(), *data.warnings] if main else []:
+    ignored = cfg.ignored_options()
+    for w in [*ignored, *data.warnings] if main else []:
         log.warning(w)
 
     # 2. the strategy's steps, executed by the runner until the strategy is done
@@ -368,7 +369,7 @@ def _fit(
         budget_seconds=cfg.time_budget,
     )
     history, probe_test = _run_steps(strategy, runner, ctx, rd, resume_from, data.test, say)
-    warnings = [*cfg.ignored_options(), *data.warnings, *runner.warnings]
+    warnings = [*ignored, *data.warnings, *runner.warnings]
     if sink is not None:
         sink.close()
 

@@ -17,7 +17,7 @@ import yaml
 
 from thaw.errors import ConfigError
 from thaw.names import did_you_mean
-from thaw.strategy.registry import STRATEGIES, STRATEGY_OPTIONS, required_options
+from thaw.strategy.registry import OPTION_READERS, STRATEGIES, required_options
 
 __all__ = ["FitConfig", "STRATEGIES", "default_batch_size", "parse_duration", "phase_patience"]
 
@@ -255,15 +255,9 @@ class FitConfig:
         """A sentence for each option set away from its default that the chosen strategy does not read (auto, the
         default strategy, sizes its phases from the time budget, so a habitual ``--epochs 30`` would otherwise be
         lost without a word)."""
-        readers = {  # option -> the strategies that read it
-            "epochs": tuple(s for s in STRATEGIES if s not in ("linear", "auto")),
-            "probe_epochs": ("linear", "gradual", "lp-ft", "auto"),
-            "gradual_epochs": ("gradual",),
-            **{o: (s,) for s, opts in STRATEGY_OPTIONS.items() for o in opts},
-        }
         default = FitConfig()
         out = []
-        for name, strategies in readers.items():
+        for name, strategies in OPTION_READERS.items():
             value = getattr(self, name)
             if self.strategy in strategies or value == getattr(default, name):
                 continue

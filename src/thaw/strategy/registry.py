@@ -61,6 +61,16 @@ def make_strategy(name: str) -> Strategy:
 STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {"last-k": ("k",), "groups": ("groups",)}
 
 
+#: FitConfig field -> the strategies that read it, for options some strategies ignore (``FitConfig.ignored_options``
+#: says so when one is set under a strategy that does not read it): the epoch counts, and ``STRATEGY_OPTIONS``.
+OPTION_READERS: dict[str, tuple[str, ...]] = {
+    "epochs": tuple(s for s in STRATEGIES if s not in ("linear", "auto")),  # auto's phases are sized by the clock
+    "probe_epochs": ("linear", "gradual", "lp-ft", "auto"),  # the strategies with a head-only phase
+    "gradual_epochs": ("gradual",),
+    **{option: (s,) for s, options in STRATEGY_OPTIONS.items() for option in options},
+}
+
+
 def required_options(name: str) -> tuple[str, ...]:
     """The strategy-specific options (FitConfig field names) strategy ``name`` reads; empty for any other name."""
     return STRATEGY_OPTIONS.get(name, ())

@@ -312,7 +312,7 @@ class Runner:
         data = list(tensor_batches(sub.images, sub.labels, bs, transform=self.feed.normalize, device=self.device))
         # one untimed batch of each size first: a process's first backward pass pays one-time set-up
         # (docs/benchmarks.md, "Epoch cost"), and a new batch shape some more (40 images at batch 32 make batches of
-        # 32 and 8; the cold 8 added 8 % to a timed pass of Lite0 at 96 px)
+        # 32 and 8; the cold 8 added 11 % to a timed pass of Lite0 at 96 px: `python -m bench.cold_batch`)
         sizes: dict[int, Any] = {}
         for batch in data:
             sizes.setdefault(len(batch[1]), batch)
