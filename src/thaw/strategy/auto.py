@@ -5,10 +5,11 @@
    from (LP-FT, Kumar et al. 2022).
 2. **Race.** Candidates compared on rungs of equal wall-clock cost, both from the probe's weights: the upper third of
    the backbone (``partial``) and every group (``full``). Exploration takes ``EXPLORE_SHARE`` of the budget. A
-   rung that would give ``full`` fewer than ``MIN_RUNG_STEPS`` optimizer steps (large data on a short budget) would
-   show where each candidate starts, not where it goes: then there is no race, and every group trains from the
-   pretrained weights and a fresh head (with hundreds of steps ahead the head is relearned in the first epochs,
-   and the probe's fitted head would damp the gradients that adapt the backbone).
+   rung that would give ``full`` fewer than ``MIN_RUNG_STEPS`` optimizer steps and fewer than ``MIN_RUNG_EPOCHS``
+   passes over the images (large data on a short budget) would show where each candidate starts, not where it goes:
+   then there is no race, and every group trains from the pretrained weights and a fresh head (with hundreds of
+   steps ahead the head is relearned in the first epochs, and the probe's fitted head would damp the gradients that
+   adapt the backbone).
 3. **Choose with the noise known.** A candidate is dropped only when it is worse than the leader beyond the noise
    of the comparison: a paired bootstrap over the validation images of the accuracy difference (95 %, one-sided).
    When the accuracies are within noise, the lower validation loss (paired, per image) decides: it moves in smaller
@@ -65,6 +66,7 @@ __all__ = [
     "paired_bootstrap",
     "EXPLORE_SHARE",
     "MIN_RUNG_STEPS",
+    "MIN_RUNG_EPOCHS",
     "EARLY_MIN_SHARE",
     "EARLY_MIN_EPOCHS",
     "TIMED_PASS_SECONDS",
@@ -91,6 +93,14 @@ EARLY_MIN_SHARE = 1 / 3
 #: winner's rung had its lowest loss at 7-21 % of 53-88 epochs on stamps (8 images per class), at 43-100 % of
 #: 11-42 epochs on digits, cvdigits and the embedded sample, where the long run gained on validation.
 EARLY_MIN_EPOCHS = 10
+#: A rung under ``MIN_RUNG_STEPS`` still races when it holds at least this many epochs of ``full``: a few dozen
+#: images make epochs of 3-5 steps, and a rung of 20 passes over them has fitted them (stamps, 8 images per class:
+#: the winning rung's lowest validation loss came at epoch 5-17, docs/benchmarks.md "Repeats on tiny data"), so it
+#: shows where a candidate goes in fewer steps than the floor. Without it a costlier backbone, a slower machine or
+#: the ``--models`` measurements left stamps' rungs at 84-93 steps (28-31 epochs), and the whole budget went to
+#: ``full`` from a fresh head, the worst fixed strategy on that task ("Rungs on tiny data"). Twice
+#: ``EARLY_MIN_EPOCHS``, so that an early fit can show in the rung.
+MIN_RUNG_EPOCHS = 2 * EARLY_MIN_EPOCHS
 #: A probe's feature pass shorter than this prices a fine-tuning epoch poorly: the process's first forward pass pays
 #: one-time set-up, which on a few dozen images is most of it (stamps, 60 images: 0.49 s once against 0.16 s usually,
 #: an epoch of ``full`` estimated at 1.04 s against 0.43 s run, so the race was skipped). Then the epoch is timed
@@ -308,7 +318,7 @@ class AutoStrategy:
             rung, steps = float(done[0].phase.signals["rung_seconds"]), done[0].phase.signals.get("rung_steps")
         else:
             rung, epoch, steps = self._rung(ctx, probe, budget)
-            if epoch and steps < MIN_RUNG_STEPS:
+            if epoch and not self._races(ctx, steps):
                 return None  # a rung too short to tell the candidates apart: the final run takes the budget
         augment, flip = self._augment(ctx, probe, done)
         names = [g.name for g in ctx.groups]
@@ -324,7 +334,7 @@ class AutoStrategy:
                         "recipe": name,
                         "budget_source": source,
                         "rung_seconds": rung,
-                        "rung_steps": steps,  # of full, as estimated before the race (MIN_RUNG_STEPS)
+                        "rung_steps": steps,  # of full, as estimated before the race (MIN_RUNG_STEPS, MIN_RUNG_EPOCHS)
                         "flip": flip,
                     },
                     f"auto race: {name} ({', '.join(names[i] for i in trainable)}) for {rung:.0f}s from the probe's "
@@ -347,6 +357,13 @@ class AutoStrategy:
         epoch = self._epoch_seconds(ctx, probe)
         epochs = int(rung / epoch) if epoch > 0 else 0  # 0 s: no cost known (the race is not held back for it)
         return rung, epoch, epochs * steps_per_epoch(ctx.num_train, ctx.config.batch)
+
+    @staticmethod
+    def _races(ctx: PlanContext, steps: int) -> bool:
+        """Whether a rung holding ``steps`` optimizer steps of ``full`` can tell the candidates apart: enough steps to
+        see past the warmup (``MIN_RUNG_STEPS``), or enough passes over a few images to fit them
+        (``MIN_RUNG_EPOCHS``)."""
+        return steps >= MIN_RUNG_STEPS or steps >= MIN_RUNG_EPOCHS * steps_per_epoch(ctx.num_train, ctx.config.batch)
 
     @staticmethod
     def _augment(ctx: PlanContext, probe: PhaseResult, done: Sequence[PhaseResult]) -> tuple[str, dict[str, Any]]:
@@ -419,9 +436,11 @@ class AutoStrategy:
             )
         augment, flip = self._augment(ctx, probe, ())
         rung, epoch, steps = self._rung(ctx, probe, self._budget(ctx, probe)[0])
+        spe = steps_per_epoch(ctx.num_train, ctx.config.batch)
         why = (
-            f"no race: a rung of {rung:.0f}s would give every group {steps} optimizer steps ({epoch:.1f}s an epoch), "
-            f"fewer than the {MIN_RUNG_STEPS} a comparison needs to see past the warmup; every group trains from the "
+            f"no race: a rung of {rung:.0f}s would give every group {steps} optimizer steps ({epoch:.1f}s an epoch of "
+            f"{spe} steps), fewer than the {MIN_RUNG_STEPS} a comparison needs to see past the warmup or the "
+            f"{MIN_RUNG_EPOCHS} epochs that fit a few images; every group trains from the "
             "pretrained weights and a fresh head (the probe's fitted head damps the backbone's gradients: "
             "docs/benchmarks.md, \"auto's race\"; the probe's weights stay the result if validation prefers them)"
             + self._flip_text(augment, flip)

@@ -12,6 +12,7 @@ from thaw.models.groups import layer_groups
 from thaw.strategy.auto import (
     EARLY_MIN_EPOCHS,
     EXPLORE_SHARE,
+    MIN_RUNG_EPOCHS,
     MIN_RUNG_STEPS,
     TIMED_PASS_SECONDS,
     AutoStrategy,
@@ -34,14 +35,18 @@ from thaw.strategy.base import (
 
 
 def _ctx(
-    seconds_left: float | None = 170.0, budget: float | None = 180.0, epoch: float = 2.0, **cfg: object
+    seconds_left: float | None = 170.0,
+    budget: float | None = 180.0,
+    epoch: float = 2.0,
+    num_train: int = 300,
+    **cfg: object,
 ) -> PlanContext:
     model = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
-    config = FitConfig.from_dict({"train": "x", "strategy": "auto", **cfg}).resolved(num_train=300)  # as the runner
+    config = FitConfig.from_dict({"train": "x", "strategy": "auto", **cfg}).resolved(num_train=num_train)  # as the runner
     return PlanContext(
         config=config,
         groups=tuple(layer_groups(model)),
-        num_train=300,
+        num_train=num_train,
         num_classes=3,
         num_val=100,
         seconds_left=seconds_left,
@@ -151,6 +156,26 @@ def test_a_race_needs_rungs_of_at_least_min_rung_steps_of_full(epoch: float, rac
     assert step.signals["rung_steps"] == int(25.5 / epoch) * 10 and step.signals["rung_seconds"] == pytest.approx(25.5)
     assert f"fewer than the {MIN_RUNG_STEPS}" in step.reason
     assert step.start == "pretrained" and "fresh head" in step.reason  # not the probe's fitted head
+
+
+@pytest.mark.parametrize(("epoch", "races"), [(0.8, True), (1.2, True), (1.3, False)])
+def test_a_rung_of_few_steps_races_when_it_holds_min_rung_epochs_of_a_few_images(epoch: float, races: bool) -> None:
+    """40 images at batch 16 make 3 steps an epoch: a rung of 25.5 s holds 31 epochs (93 steps) at 0.8 s an epoch,
+    21 (63) at 1.2 s, 19 (57) at 1.3 s. Under MIN_RUNG_STEPS all three, but 20 passes over 40 images have fitted
+    them, so the first two race (stamps' rungs after the --models measurements held 84-93 steps); the third does
+    not, and the decision names both floors."""
+    assert MIN_RUNG_EPOCHS == 20
+    ctx = _ctx(epoch=epoch, num_train=40)
+    assert ctx.config.batch == 16
+    auto, history = _probe(ctx)
+    step = auto.next_step(ctx, history)
+    steps = int(25.5 / epoch) * 3
+    assert steps < MIN_RUNG_STEPS
+    if races:
+        assert isinstance(step, Candidates) and {p.signals["rung_steps"] for p in step.phases} == {steps}
+        return
+    assert isinstance(step, Phase) and step.name == "auto-full" and step.signals["rung_steps"] == steps
+    assert f"fewer than the {MIN_RUNG_STEPS}" in step.reason and f"{MIN_RUNG_EPOCHS} epochs" in step.reason
 
 
 def test_a_candidate_worse_beyond_noise_is_dropped_and_the_winner_continues_for_the_rest_of_the_budget() -> None:
