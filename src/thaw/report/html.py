@@ -287,9 +287,12 @@ def _race_html(summary: Mapping[str, Any]) -> str:
     final_signals = _mapping(final.get("signals")) if final else {}
     verdicts = _mapping(final_signals.get("race"))
     winner = final_signals.get("recipe")
+    # the rung that fitted early may be the loser's (summaries written before it could be named it only implicitly)
+    early = final_signals.get("fitted_early_recipe", winner)
+    whose = "" if early == winner else f"the {early} rung's "
     won = (
-        f"won: its rung repeated {final_signals.get('repeats')} time(s) for a weight soup (lowest validation loss "
-        f"at epoch {final_signals.get('rung_min_val_loss_epoch')} of {final_signals.get('rung_epochs')})"
+        f"won: its rung repeated {final_signals.get('repeats')} time(s) for a weight soup ({whose}lowest validation "
+        f"loss at epoch {final_signals.get('rung_min_val_loss_epoch')} of {final_signals.get('rung_epochs')})"
         if final_signals.get("role") == "repeat"
         else "won: continued for the rest of the budget"
     )

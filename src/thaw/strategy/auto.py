@@ -102,7 +102,7 @@ EARLY_MIN_EPOCHS = 10
 #: the winning rung's lowest validation loss came at epoch 5-17, docs/benchmarks.md "Repeats on tiny data"), so it
 #: shows where a candidate goes in fewer steps than the floor. Without it a costlier backbone, a slower machine or
 #: the ``--models`` measurements left stamps' rungs at 84-93 steps (28-31 epochs), and the whole budget went to
-#: ``full`` from a fresh head, the worst fixed strategy on that task ("Rungs on tiny data"). Twice
+#: ``full`` from a fresh head, the worst fixed strategy on that task ("Tiny data: races on fewer steps, ..."). Twice
 #: ``EARLY_MIN_EPOCHS``, so that an early fit can show in the rung.
 MIN_RUNG_EPOCHS = 2 * EARLY_MIN_EPOCHS
 #: A probe's feature pass shorter than this prices a fine-tuning epoch poorly: the process's first forward pass pays

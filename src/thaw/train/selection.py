@@ -139,7 +139,11 @@ class Selection:
         Runs that start from the same weights and differ only in data order and augmentation land in one basin, so
         their average is one model that usually generalises better than each run (docs/benchmarks.md, "Weight
         soup"). Validation only vetoes: on few images it is too noisy to pick ingredients, so the soup is adopted
-        unless it falls below the runs' mean, or below the best weights so far, by more than ``noise_margin``.
+        unless it falls below the runs' mean, or below the selected weights of a kept phase outside the soup (the
+        probe, a race's loser), by more than ``noise_margin``. Not below the best weights so far: when those belong
+        to an ingredient they are one epoch's maximum over hundreds of noisy validation passes, biased upward (stamps,
+        20 validation images: epochs at 0.85 and 0.95 vetoed soups at 0.60 and 0.75, whose runs scored 0.651 and
+        0.725 on test where the adopted soups of the same task scored 0.70-0.84; docs/benchmarks.md, "Tiny data").
 
         Args:
             model: the model to load the soup into (the best weights are restored afterwards).
@@ -160,7 +164,8 @@ class Selection:
         mean_acc = sum(accs) / len(accs)
         margin = noise_margin(mean_acc, self.num_val)
         slack = margin + 1e-6  # a difference of exactly the margin counts as within it despite float rounding
-        adopted = score.accuracy >= mean_acc - slack and score.accuracy >= self.best.accuracy - slack
+        outside = max((score_.accuracy for i, (_, score_) in self.kept.items() if i not in present), default=-math.inf)
+        adopted = score.accuracy >= mean_acc - slack and score.accuracy >= outside - slack
         info: dict[str, Any] = {
             "ingredients": {str(i): a for i, a in zip(present, accs, strict=True)},
             "members": present,
@@ -168,6 +173,7 @@ class Selection:
             "soup_val_loss": score.loss,
             "mean_ingredient_val_accuracy": mean_acc,
             "best_val_accuracy_before": self.best.accuracy,
+            "best_outside_val_accuracy": outside if math.isfinite(outside) else None,
             "noise_margin": margin,
             "adopted": adopted,
         }

@@ -177,15 +177,18 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
         write_report(tmp_path)
 
 
-@pytest.mark.parametrize("role", ["final", "repeat"])
+@pytest.mark.parametrize("role", ["final", "repeat", "repeat-loser-early"])
 def test_the_race_table_says_how_the_winner_was_used(make_run: Callable[..., Path], role: str) -> None:
-    """auto's race: the loser's verdict, and the winner continued (``final``) or repeated for a soup (``repeat``)."""
+    """auto's race: the loser's verdict, and the winner continued (``final``) or repeated for a soup (``repeat``),
+    with the rung whose early fit decided it when that was the loser's."""
     run = make_run()
     summary = json.loads((run / "summary.json").read_text())
     verdict = {"verdict": "dropped on validation loss: accuracy within noise", "accuracy_diff_lower_bound": -0.1}
-    race = {"role": role, "recipe": "partial", "race": {"2": verdict}}
-    if role == "repeat":
+    race = {"role": role.removesuffix("-loser-early"), "recipe": "partial", "race": {"2": verdict}}
+    if role.startswith("repeat"):
         race |= {"repeats": 4, "rung_min_val_loss_epoch": 6, "rung_epochs": 88}
+    if role == "repeat-loser-early":
+        race["fitted_early_recipe"] = "full"
     summary["phases"] = [
         {"index": 0, "name": "linear-probe", "trainable_groups": ["head"], "epochs": 7},
         *[
@@ -208,7 +211,8 @@ def test_the_race_table_says_how_the_winner_was_used(make_run: Callable[..., Pat
     text, _ = parse(write_report(run))
     table = text[text.index("The race") :]
     assert "dropped on validation loss" in table
-    if role == "repeat":
+    if role.startswith("repeat"):
         assert "repeated 4 time(s) for a weight soup" in table and "epoch 6 of 88" in table
+        assert ("(the full rung" in table) is (role == "repeat-loser-early")
     else:
         assert "continued for the rest of the budget" in table
