@@ -537,7 +537,11 @@ class AutoStrategy:
                     soup.index,
                     "soup adopted" if soup.adopted else "soup vetoed",
                     "auto: uniform weight soup of the winner's rung and its repeats"
-                    + ("" if soup.adopted else "; validation put it below the ingredients beyond noise"),
+                    + (
+                        ""
+                        if soup.adopted
+                        else "; validation put it below its ingredients' mean, or a kept phase outside it, beyond noise"
+                    ),
                     dict(soup.info),
                 )
             )
