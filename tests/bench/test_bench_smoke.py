@@ -120,3 +120,23 @@ def test_soup_bench_scores_runs_soup_and_ensemble(tmp_path: Path) -> None:
     # theirs, not at chance, unless averaging were broken
     assert res["soup_test"] >= min(res["single_test"]) - 0.2
     json.dumps(res)
+
+
+def test_rung_shares_reads_the_earlier_rungs_share_and_the_path_from_result_rows(tmp_path: Path) -> None:
+    from bench.rung_shares import rows
+
+    def row(seed: int, mins: tuple[int, int], last: str, acc: float) -> str:
+        phases = [{"name": "linear-probe", "epochs": 7, "min_val_loss_epoch": 1}]
+        phases += [
+            {"name": f"race-{r}", "epochs": 40, "min_val_loss_epoch": m}
+            for r, m in zip(("partial", "full"), mins, strict=True)
+        ]
+        phases += [{"name": last, "epochs": 90, "min_val_loss_epoch": 3}]
+        return json.dumps(
+            {"task": "t", "method": "thaw_auto", "seed": seed, "status": "ok", "run_command": f"c{seed}",
+             "test_acc_best_val": acc, "summary": {"phases": phases}}
+        )  # fmt: skip
+
+    f = tmp_path / "rows.jsonl"
+    f.write_text("\n".join([row(0, (4, 30), "auto-full-repeat1", 0.8), row(1, (20, 30), "auto-full", 0.7)]))
+    assert rows([str(f), str(f)]) == [("t", 0.1, "repeat", 0.8), ("t", 0.5, "continue", 0.7)]  # each row once

@@ -90,12 +90,12 @@ RECIPES = ("partial", "full")
 EARLY_MIN_SHARE = 0.3
 #: ... and ran at least this many epochs (passes over the training images): then more length does not help, and the
 #: rest of the budget repeats the winner's rung for a weight soup. Measured over the suite's raced runs
-#: (docs/benchmarks.md, "Tiny data: races on fewer steps, ..."): on stamps (8 images per class) the earlier of the
-#: two rungs' lowest losses came at 2-28 % of its epochs in 48 of 50 runs (31 and 58 % in the other two); on digits,
-#: cvdigits, fashion10 and the embedded sample at 33-100 % in all 30, where the long run gained on validation.
-#: Either rung counts: on stamps the winner's own rung had its lowest loss as late as 74 % on 20 noisy validation
-#: images while the other rung's came at 2 %, and the long run drifted. Stamps runs that repeated scored 0.779 ±
-#: 0.050 on test (39), those that continued 0.711 ± 0.078 (11).
+#: (``python -m bench.rung_shares bench/results/2026-12-03/*.jsonl``; docs/benchmarks.md, "Tiny data"): on stamps
+#: (8 images per class) the earlier of the two rungs' lowest losses came at 2-28 % of its epochs in 55 of 57 runs
+#: (31 and 58 % in the other two); on digits, cvdigits, fashion10 and the embedded sample at 33-100 % in all 23,
+#: where the long run gained on validation. Either rung counts: on stamps the winner's own rung had its lowest loss
+#: as late as 74 % on 20 noisy validation images while the other rung's came at 2 %, and the long run drifted.
+#: Stamps runs that repeated scored 0.780 ± 0.047 on test (49), those that continued 0.711 ± 0.072 (8).
 EARLY_MIN_EPOCHS = 10
 #: A rung under ``MIN_RUNG_STEPS`` still races when it holds at least this many epochs of ``full``: a few dozen
 #: images make epochs of 3-5 steps, and a rung of 20 passes over them has fitted them (stamps, 8 images per class:
@@ -411,10 +411,10 @@ class AutoStrategy:
             recipe = str(winner.phase.signals["recipe"])
             why = f"{recipe} won the race (val {winner.selected_val_accuracy:.4f}, loss {winner.selected_val_loss:.4f})"
             race_record = {str(k): v for k, v in verdicts.items()}
-            early = sorted((r for r in race if fitted_early(r)), key=lambda r: r.min_val_loss_epoch / r.epochs_run)
+            early = [r for r in race if fitted_early(r)]
             if early and not ctx.config.refit:
                 rung = float(winner.phase.signals["rung_seconds"])
-                fitted = early[0]
+                fitted = min(early, key=lambda r: r.min_val_loss_epoch / r.epochs_run)  # the earliest is the evidence
                 count = max(1, int(seconds // rung))
                 signals = {
                     "role": "repeat",

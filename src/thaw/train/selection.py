@@ -164,7 +164,7 @@ class Selection:
         mean_acc = sum(accs) / len(accs)
         margin = noise_margin(mean_acc, self.num_val)
         slack = margin + 1e-6  # a difference of exactly the margin counts as within it despite float rounding
-        outside = max((score_.accuracy for i, (_, score_) in self.kept.items() if i not in present), default=-math.inf)
+        outside = max((kept.accuracy for i, (_, kept) in self.kept.items() if i not in present), default=-math.inf)
         adopted = score.accuracy >= mean_acc - slack and score.accuracy >= outside - slack
         info: dict[str, Any] = {
             "ingredients": {str(i): a for i, a in zip(present, accs, strict=True)},
