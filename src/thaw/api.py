@@ -583,7 +583,10 @@ def _describe(step: Step, ctx: PlanContext) -> str:
 def _outcome(result: StepResult) -> str:
     if isinstance(result, AverageResult):
         state = "adopted" if result.adopted else "vetoed"
-        return f"weight soup {state}: val {result.info.get('soup_val_accuracy', float('nan')):.4f}"
+        val = f"val {result.info.get('soup_val_accuracy', float('nan')):.4f}"
+        if result.info.get("validated") is False:
+            return f"weight soup of refits {state} ({val}, measured on images it trained on)"
+        return f"weight soup {state}: {val}"
     return (
         f"phase {result.index + 1} '{result.phase.name}' ended ({result.stopped}) after {result.epochs_run} epoch(s), "
         f"{result.seconds:.0f}s: best val accuracy {result.best_val_accuracy:.4f}"

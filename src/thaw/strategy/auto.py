@@ -25,8 +25,10 @@
    class: docs/benchmarks.md, "Repeats on tiny data"). Then the rest of the budget repeats the winner's rung (same
    recipe, same length, from the probe's weights, new data order and augmentation) and the result is the uniform
    weight soup of the rung and its repeats, which validation can veto (``Selection.soup``).
-5. **Refit** (``--refit``): the winner's recipe trains on training + validation images for as many epochs as its
-   validated run took; the budget is split between the two, and the summary says that nothing is held out.
+5. **Refit** (``--refit``): the recipe the validated half chose trains on training + validation images; the budget
+   is split between the two, and the summary says that nothing is held out. After a continued winner, its recipe
+   for as many epochs as its validated run took; after a soup of repeats, the rung's recipe as many times as the
+   soup had members, souped likewise (``_refit_repeats``).
 
 Without ``--time-budget`` auto chooses one from the data and the measured cost of an epoch (``_default_budget``),
 and says so in its first decision. Why these candidates and not the PyTorch tutorial's SGD recipe:
@@ -412,7 +414,7 @@ class AutoStrategy:
             why = f"{recipe} won the race (val {winner.selected_val_accuracy:.4f}, loss {winner.selected_val_loss:.4f})"
             race_record = {str(k): v for k, v in verdicts.items()}
             early = [r for r in race if fitted_early(r)]
-            if early and not ctx.config.refit:
+            if early:
                 rung = float(winner.phase.signals["rung_seconds"])
                 fitted = min(early, key=lambda r: r.min_val_loss_epoch / r.epochs_run)  # the earliest is the evidence
                 count = max(1, int(seconds // rung))
@@ -487,8 +489,9 @@ class AutoStrategy:
         history: Sequence[StepResult],
     ) -> Step | None:
         """The next repeat of the winner's rung while the budget lasts, then the soup of the rung and its repeats."""
-        if any(isinstance(r, AverageResult) for r in history):
-            return None
+        soups = [r for r in history if isinstance(r, AverageResult)]
+        if soups:
+            return self._refit_repeats(ctx, phases, repeats, soups) if ctx.config.refit else None
         first = repeats[0].phase.signals
         winner = phases[int(first["winner"])]
         count = int(first["repeats"])
@@ -505,6 +508,61 @@ class AutoStrategy:
             members,
             reason=f"auto: uniform soup of the {first['recipe']} rung and its {len(members) - 1} repeat(s); "
             "validation vetoes it only when it is worse beyond noise",
+        )
+
+    @staticmethod
+    def _refit_repeats(
+        ctx: PlanContext, phases: Sequence[PhaseResult], repeats: Sequence[PhaseResult], soups: Sequence[AverageResult]
+    ) -> Step | None:
+        """``--refit`` after the soup of repeats: the recipe the validated half chose, on training + validation images.
+
+        That recipe is the winner's rung from the probe's weights, run as many times as the validated soup had
+        members and souped (once, when validation vetoed the soup). Each refit shares what is left of the budget and
+        runs at most the rung's epochs (the race showed these images fitted well within them). Their soup cannot be
+        vetoed (no validation is held out): it is adopted because the validated soup of the same recipe was.
+        """
+        if len(soups) > 1:
+            return None
+        soup, first = soups[0], repeats[0].phase.signals
+        winner = phases[int(first["winner"])]
+        refits = [p for p in phases if p.phase.refit]
+        count = len(soup.members) if soup.adopted else 1
+        done = len(refits)
+        if done < count and (ctx.seconds_left is None or ctx.seconds_left > 0):
+            seconds = ctx.seconds_left / (count - done) if ctx.seconds_left is not None else winner.seconds
+            what = (
+                f"refit {done + 1} of {count}, for a soup like the validated one"
+                if soup.adopted
+                else "one refit: validation vetoed the soup of the repeats"
+            )
+            phase = replace(
+                winner.phase,
+                name=f"auto-{first['recipe']}-refit{done + 1}",
+                epochs=winner.epochs_run,
+                seconds=seconds,
+                keep=True,
+                signals={
+                    "role": "refit",
+                    "recipe": first["recipe"],
+                    "winner": winner.index,
+                    "refit": done + 1,
+                    "refits": count,
+                    "epochs": winner.epochs_run,
+                    "planned_seconds": seconds,
+                },
+                reason=f"auto --refit: the {first['recipe']} rung's recipe from the probe's weights on training + "
+                f"validation images, at most its {winner.epochs_run} epochs ({what}); no validation is held out for "
+                "this model",
+            )
+            return Refit(phase, reason="--refit")
+        members = tuple(r.index for r in refits if r.epochs_run > 0)
+        if len(members) < 2:
+            return None
+        return Average(
+            members,
+            reason=f"auto --refit: uniform soup of the {len(members)} refits, as the validated soup of the same recipe "
+            "was adopted; not vetoable (they trained on the validation images)",
+            validated=False,
         )
 
     # ------------------------------------------------------------------ explain
@@ -536,7 +594,10 @@ class AutoStrategy:
                 Decision(
                     soup.index,
                     "soup adopted" if soup.adopted else "soup vetoed",
-                    "auto: uniform weight soup of the winner's rung and its repeats"
+                    "auto --refit: uniform weight soup of the refits, adopted without a veto (they trained on the "
+                    "validation images; the validated soup of the same recipe was adopted)"
+                    if soup.info.get("validated") is False
+                    else "auto: uniform weight soup of the winner's rung and its repeats"
                     + (
                         ""
                         if soup.adopted
@@ -550,6 +611,7 @@ class AutoStrategy:
                 len(history),
                 "stop",
                 "auto: the race was decided and the winner's rung repeated for a weight soup"
+                + (", then refitted on training + validation images" if any(p.phase.refit for p in phases) else "")
                 if repeats
                 else "auto: the race was decided and the winner trained for the budget"
                 if race

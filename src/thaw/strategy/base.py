@@ -102,6 +102,9 @@ class Average:
 
     members: tuple[int, ...]
     reason: str = ""
+    validated: bool = True
+    """False when the members trained on the validation images (refits): then validation cannot veto the soup, and
+    it is adopted on the strength of the validated soup whose recipe they repeat."""
 
 
 @dataclass(frozen=True)

@@ -285,7 +285,7 @@ class Runner:
                 resume = None
             return done
         assert isinstance(step, Average)
-        return [self.weight_soup(step.members, len(history), history)]
+        return [self.weight_soup(step.members, len(history), history, validated=step.validated)]
 
     def measure(self, needs: Measurements, batches: int = 4) -> Signals:
         """What a strategy asked to have measured with the current weights (a few training batches)."""
@@ -331,9 +331,12 @@ class Runner:
         epoch = broadcast_float(per_image * local + per_image / 3 * len(self.val_data), self.dist, self.device)
         return Signals(epoch_seconds=epoch, grad_norms=rgn if needs.grad_norms else None, mirrored=mirrored)
 
-    def weight_soup(self, members: Sequence[int], index: int, history: Sequence[StepResult] = ()) -> AverageResult:
-        """Average the kept weights of ``members`` (``Selection.soup``); adopted unless validation vetoes it."""
-        info = self.selection.soup(self.model, members, self.validation_score, (index, 0))
+    def weight_soup(
+        self, members: Sequence[int], index: int, history: Sequence[StepResult] = (), *, validated: bool = True
+    ) -> AverageResult:
+        """Average the kept weights of ``members`` (``Selection.soup``); adopted unless validation vetoes it (never
+        vetoed when ``validated`` is False: the members trained on the validation images)."""
+        info = self.selection.soup(self.model, members, self.validation_score, (index, 0), veto=validated)
         result = AverageResult(
             index=index, members=tuple(members), adopted=bool(info and info["adopted"]), info=info or {}
         )

@@ -132,7 +132,13 @@ class Selection:
         model.load_state_dict(state)
 
     def soup(
-        self, model: torch.nn.Module, members: Sequence[int], evaluate: Any, where: tuple[int, int]
+        self,
+        model: torch.nn.Module,
+        members: Sequence[int],
+        evaluate: Any,
+        where: tuple[int, int],
+        *,
+        veto: bool = True,
     ) -> dict[str, Any] | None:
         """Average the kept weights of ``members`` (uniform model soup, Wortsman et al. 2022).
 
@@ -150,6 +156,8 @@ class Selection:
             members: phase indices with kept weights.
             evaluate: callable returning ``Scored`` for the model's current weights on validation.
             where: what ``best_where`` becomes when the soup is adopted (the averaging step's index, epoch 0).
+            veto: False when the members trained on the validation images (refits): validation cannot judge them,
+                so the soup is adopted and its validation numbers are recorded as measured on training images.
 
         Returns:
             What was measured (for summary.json), or None with fewer than two kept members.
@@ -165,7 +173,7 @@ class Selection:
         margin = noise_margin(mean_acc, self.num_val)
         slack = margin + 1e-6  # a difference of exactly the margin counts as within it despite float rounding
         outside = max((kept.accuracy for i, (_, kept) in self.kept.items() if i not in present), default=-math.inf)
-        adopted = score.accuracy >= mean_acc - slack and score.accuracy >= outside - slack
+        adopted = not veto or (score.accuracy >= mean_acc - slack and score.accuracy >= outside - slack)
         info: dict[str, Any] = {
             "ingredients": {str(i): a for i, a in zip(present, accs, strict=True)},
             "members": present,
@@ -175,6 +183,7 @@ class Selection:
             "best_val_accuracy_before": self.best.accuracy,
             "best_outside_val_accuracy": outside if math.isfinite(outside) else None,
             "noise_margin": margin,
+            "validated": veto,
             "adopted": adopted,
         }
         if adopted:

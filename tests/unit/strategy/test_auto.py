@@ -360,11 +360,59 @@ def test_the_winner_is_repeated_when_the_losers_rung_fitted_early() -> None:
     assert isinstance(final, Phase) and final.name == "auto-full" and final.signals["role"] == "final"
 
 
-def test_with_refit_a_winner_fitted_early_still_continues_and_is_refitted() -> None:
+def test_with_refit_a_winner_fitted_early_is_repeated_then_refitted_as_often_and_souped_unvetoed() -> None:
+    """--refit on tiny data: the validated half repeats the rung and soups it; the refit half repeats the same
+    recipe on training + validation images as many times as the soup had members, and soups them without a veto."""
     ctx = _ctx(seconds_left=170.0, refit=True)
-    auto, history, _ = _race_fitted_early(ctx)
-    final = auto.next_step(replace(ctx, seconds_left=120.0, signals=Signals()), history)
-    assert isinstance(final, Phase) and final.signals["role"] == "final" and final.seconds == pytest.approx(60.0)
+    auto, history, race = _race_fitted_early(ctx)
+    rung = race.phases[0].seconds or 0.0  # 25.5 s
+    step = auto.next_step(replace(ctx, seconds_left=120.0, signals=Signals()), history)
+    assert isinstance(step, Phase) and step.signals["role"] == "repeat"
+    assert step.signals["repeats"] == int(60.0 // rung) == 2  # half the time left: the refits need the rest
+    history.append(_result(3, step, [1] * 82 + [0] * 18, seconds=30.0))
+    step = auto.next_step(replace(ctx, seconds_left=90.0, signals=Signals()), history)
+    assert isinstance(step, Phase) and step.name == "auto-partial-repeat2"
+    history.append(_result(4, step, [1] * 81 + [0] * 19, seconds=30.0))
+    soup = auto.next_step(replace(ctx, seconds_left=60.0, signals=Signals()), history)
+    assert isinstance(soup, Average) and soup.members == (1, 3, 4) and soup.validated
+    history.append(AverageResult(5, soup.members, True, {"soup_val_accuracy": 0.84, "validated": True}))
+    refits = []
+    for k, left in enumerate((60.0, 41.0, 19.0), start=1):
+        refit = auto.next_step(replace(ctx, seconds_left=left, signals=Signals()), history)
+        assert isinstance(refit, Refit) and refit.phase.name == f"auto-partial-refit{k}"
+        p = refit.phase
+        # the winner's rung recipe from the probe, at most its epochs, sharing what is left; kept for the soup
+        assert (p.trainable, p.start, p.keep, p.epochs) == (race.phases[0].trainable, "phase:0", True, 60)
+        assert p.seconds == pytest.approx(left / (4 - k)) and p.signals["refits"] == 3
+        assert "no validation is held out" in p.reason
+        history.append(_result(5 + k, replace(p, refit=True), [1] * 95 + [0] * 5, epochs=40))
+        refits.append(5 + k)
+    final = auto.next_step(replace(ctx, seconds_left=0.5, signals=Signals()), history)
+    assert isinstance(final, Average) and final.members == tuple(refits) and not final.validated
+    history.append(AverageResult(9, final.members, True, {"validated": False}))
+    assert auto.next_step(replace(ctx, seconds_left=0.5), history) is None
+    decisions = auto.decisions(history)
+    assert [d.decision for d in decisions][-3:] == ["soup adopted", "soup adopted", "stop"]
+    assert "without a veto" in decisions[-2].reason and "refitted" in decisions[-1].reason
+
+
+def test_with_refit_a_vetoed_soup_is_refitted_once_and_without_time_none() -> None:
+    ctx = _ctx(seconds_left=170.0, refit=True)
+    auto, history, race = _race_fitted_early(ctx)
+    step = auto.next_step(replace(ctx, seconds_left=120.0, signals=Signals()), history)
+    assert isinstance(step, Phase)
+    history += [_result(3 + k, step, [1] * 82 + [0] * 18, seconds=30.0) for k in range(2)]
+    soup = auto.next_step(replace(ctx, seconds_left=55.0, signals=Signals()), history)
+    assert isinstance(soup, Average)
+    vetoed = [*history, AverageResult(5, soup.members, False, {"validated": True})]
+    refit = auto.next_step(replace(ctx, seconds_left=55.0, signals=Signals()), vetoed)
+    assert isinstance(refit, Refit) and refit.phase.seconds == pytest.approx(55.0)
+    assert refit.phase.signals["refits"] == 1 and "vetoed" in refit.phase.reason
+    vetoed.append(_result(6, replace(refit.phase, refit=True), [1] * 95 + [0] * 5, epochs=60))
+    assert auto.next_step(replace(ctx, seconds_left=1.0), vetoed) is None  # one refit: nothing to soup
+    # no time left after the validated soup: no refit, and the validated soup stays the result
+    adopted = [*history, AverageResult(5, soup.members, True, {"validated": True})]
+    assert auto.next_step(replace(ctx, seconds_left=0.0), adopted) is None
 
 
 def _mirrored(plain: int, mirrored: int, n: int = 100) -> tuple[PhaseResult, tuple[list[int], list[float]]]:

@@ -263,6 +263,27 @@ def test_refit_trains_on_training_and_validation_images_and_its_last_weights_are
     assert res.extra["selection"].startswith("refit")
 
 
+def test_refits_kept_for_a_soup_are_averaged_without_a_veto() -> None:
+    """auto --refit on tiny data: refits of one recipe are kept, and their soup is the result whatever validation
+    (which they trained on) says of it; what it measured is recorded as unvalidated."""
+    r = _runner()
+    head = len(r.groups) - 1
+    history: list = []
+    for k in range(2):
+        phase = Phase(f"refit{k}", (head - 1, head), epochs=2, lr=1e-2, augment="none", patience=0, keep=True)
+        history += r.execute(Refit(phase), history)
+    assert set(r.selection.kept) == {0, 1} and r.selection.best_where == (1, 2)  # the last refit, until the soup
+    w = "classifier.weight"
+    # an ingredient that would collapse a validated soup: still adopted, because nothing validates a refit
+    bad = {k: v.clone() for k, v in r.selection.kept[1][0].items()}
+    bad[w], bad["classifier.bias"] = -3 * bad[w], -3 * bad["classifier.bias"]
+    r.selection.kept[1] = (bad, r.selection.kept[1][1])
+    soup = r.execute(Average((0, 1), validated=False), history)[0]
+    assert isinstance(soup, AverageResult) and soup.adopted and soup.info["validated"] is False
+    assert r.selection.best_where == (2, 0)
+    torch.testing.assert_close(r.model.state_dict()[w], (r.selection.kept[0][0][w] + bad[w]) / 2)
+
+
 def test_a_phase_with_planned_seconds_sizes_its_schedule_to_the_clock() -> None:
     r = _runner()
     head = len(r.groups) - 1

@@ -47,3 +47,12 @@ def test_a_soup_below_its_ingredients_beyond_noise_is_vetoed() -> None:
     sel, model = _selection({0: 0.5, 1: 0.9, 2: 0.9}, best=0.9)
     info = sel.soup(model, [1, 2], lambda: Scored(0.5, 2.0), where=(3, 0))
     assert info is not None and not info["adopted"] and info["mean_ingredient_val_accuracy"] == 0.9
+
+
+def test_a_soup_of_refits_is_not_vetoed_by_validation_it_trained_on() -> None:
+    """Refits trained on the validation images, so validation cannot judge their soup: the numbers that would have
+    vetoed a validated soup are recorded, and the soup is the result."""
+    sel, model = _selection({0: 0.5, 1: 0.9, 2: 0.9}, best=0.9)
+    info = sel.soup(model, [1, 2], lambda: Scored(0.5, 2.0), where=(3, 0), veto=False)
+    assert info is not None and info["adopted"] and info["validated"] is False
+    assert sel.best_where == (3, 0) and sel.best.accuracy == 0.5
