@@ -496,11 +496,11 @@ class AutoStrategy:
         winner = phases[int(first["winner"])]
         count = int(first["repeats"])
         done = len(repeats)
-        if done < count and (ctx.seconds_left is None or ctx.seconds_left > 0):
-            if ctx.seconds_left is not None:
-                seconds = ctx.seconds_left / (count - done)
-            else:
-                seconds = float(first["planned_seconds"])
+        # with --refit the other half of what ``_final`` had is the refits' (as many seconds as the repeats planned)
+        reserve = float(first["planned_seconds"]) * count if ctx.config.refit else 0.0
+        left = None if ctx.seconds_left is None else ctx.seconds_left - reserve
+        if done < count and (left is None or left > 0):
+            seconds = left / (count - done) if left is not None else float(first["planned_seconds"])
             reason = f"auto: repeat {done + 1} of {count} of the {first['recipe']} rung, for the weight soup"
             return self._repeat_phase(winner, dict(first), done + 1, seconds, reason)
         members = (winner.index, *(r.index for r in repeats if r.epochs_run > 0))

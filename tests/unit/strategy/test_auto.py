@@ -371,7 +371,10 @@ def test_with_refit_a_winner_fitted_early_is_repeated_then_refitted_as_often_and
     assert step.signals["repeats"] == int(60.0 // rung) == 2  # half the time left: the refits need the rest
     history.append(_result(3, step, [1] * 82 + [0] * 18, seconds=30.0))
     step = auto.next_step(replace(ctx, seconds_left=90.0, signals=Signals()), history)
-    assert isinstance(step, Phase) and step.name == "auto-partial-repeat2"
+    # the refits' half (2 x 30 s) is kept back: the last repeat gets what is left of the validated half only
+    assert isinstance(step, Phase) and step.name == "auto-partial-repeat2" and step.seconds == pytest.approx(30.0)
+    early = auto.next_step(replace(ctx, seconds_left=59.0, signals=Signals()), history)
+    assert isinstance(early, Average) and early.members == (1, 3)  # no validated time left: soup what ran
     history.append(_result(4, step, [1] * 81 + [0] * 19, seconds=30.0))
     soup = auto.next_step(replace(ctx, seconds_left=60.0, signals=Signals()), history)
     assert isinstance(soup, Average) and soup.members == (1, 3, 4) and soup.validated
