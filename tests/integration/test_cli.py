@@ -562,6 +562,16 @@ def test_auto_on_real_data_races_then_spends_its_budget_on_the_winner(tmp_path: 
     phases, decisions = summary["phases"], summary["decisions"]
     assert summary["strategy"] == "auto"
     assert any(w.startswith("--epochs 30 has no effect with --strategy auto") for w in summary["warnings"])
+    # the budget is spent, not exceeded (12 s of the budget are kept back for the export and report, which take less
+    # on a quiet machine, so the floor here is lower than the suite's 90 %)
+    assert 0.7 * budget <= wall <= 1.05 * budget + 10, wall
+    assert summary["validation_held_out"] and summary["test_accuracy"] > 0.5
+    if [p["name"] for p in phases] == ["linear-probe", "auto-full"]:
+        # a machine slowed by its neighbours (one seen at 1.4 s for an epoch that took 0.7 s twenty minutes later)
+        # prices a rung under the race floor: then the floor must be what stopped the race, and it must say so
+        signals = decisions[1]["signals"]
+        assert signals["rung_steps"] < MIN_RUNG_STEPS and "no race" in decisions[1]["reason"]
+        pytest.skip(f"no race on this machine now: a rung would hold {signals['rung_steps']} steps of full")
     assert [p["name"] for p in phases[:3]] == ["linear-probe", "race-partial", "race-full"]
     final = phases[3]
     race = decisions[3]["signals"]["race"]
@@ -585,11 +595,7 @@ def test_auto_on_real_data_races_then_spends_its_budget_on_the_winner(tmp_path: 
     # the rungs cost the same and together take the explore share of what was left after the probe
     rungs = [p["planned_seconds"] for p in phases[1:3]]
     assert rungs[0] == rungs[1] and 0.25 * budget * EXPLORE_SHARE / 2 < rungs[0] < budget * EXPLORE_SHARE / 2
-    # the budget is spent, not exceeded: the final run is sized to it (12 s of the budget are kept back for the
-    # export and report, which take less on a quiet machine, so the floor here is lower than the suite's 90 %)
-    assert 0.7 * budget <= wall <= 1.05 * budget + 10, wall
     assert final["epochs"] >= 2 and final["stopped"] in ("completed", "time-budget")  # the clock ends it, not patience
-    assert summary["validation_held_out"] and summary["test_accuracy"] > 0.5
 
 
 def test_auto_without_room_for_a_race_trains_every_group_from_a_fresh_head(tmp_path: Path) -> None:
