@@ -566,6 +566,20 @@ class AutoStrategy:
         )
 
     # ------------------------------------------------------------------ explain
+    @staticmethod
+    def _soup_reason(soup: AverageResult) -> str:
+        """Why a soup was adopted or vetoed: a soup of refits cannot be vetoed, a validated one is vetoed below its
+        ingredients' mean or a kept phase outside it (``Selection.soup``)."""
+        if soup.info.get("validated") is False:
+            return (
+                "auto --refit: uniform weight soup of the refits, adopted without a veto (they trained on the "
+                "validation images; the validated soup of the same recipe was adopted)"
+            )
+        reason = "auto: uniform weight soup of the winner's rung and its repeats"
+        if not soup.adopted:
+            reason += "; validation put it below its ingredients' mean, or a kept phase outside it, beyond noise"
+        return reason
+
     def decisions(self, history: Sequence[StepResult]) -> list[Decision]:
         """What was decided at each step, and why, with its numbers (summary.json ``decisions``)."""
         out: list[Decision] = []
@@ -590,32 +604,21 @@ class AutoStrategy:
             kept = int(repeats[0].phase.signals["winner"])
         discarded = sum(p.seconds for p in race if p.index != kept)
         for soup in (s for s in history if isinstance(s, AverageResult)):
-            out.append(
-                Decision(
-                    soup.index,
-                    "soup adopted" if soup.adopted else "soup vetoed",
-                    "auto --refit: uniform weight soup of the refits, adopted without a veto (they trained on the "
-                    "validation images; the validated soup of the same recipe was adopted)"
-                    if soup.info.get("validated") is False
-                    else "auto: uniform weight soup of the winner's rung and its repeats"
-                    + (
-                        ""
-                        if soup.adopted
-                        else "; validation put it below its ingredients' mean, or a kept phase outside it, beyond noise"
-                    ),
-                    dict(soup.info),
-                )
-            )
+            decision = "soup adopted" if soup.adopted else "soup vetoed"
+            out.append(Decision(soup.index, decision, self._soup_reason(soup), dict(soup.info)))
+        if repeats:
+            stop = "auto: the race was decided and the winner's rung repeated for a weight soup"
+            if any(p.phase.refit for p in phases):
+                stop += ", then refitted on training + validation images"
+        elif race:
+            stop = "auto: the race was decided and the winner trained for the budget"
+        else:
+            stop = "auto: the budget allowed no race"
         out.append(
             Decision(
                 len(history),
                 "stop",
-                "auto: the race was decided and the winner's rung repeated for a weight soup"
-                + (", then refitted on training + validation images" if any(p.phase.refit for p in phases) else "")
-                if repeats
-                else "auto: the race was decided and the winner trained for the budget"
-                if race
-                else "auto: the budget allowed no race",
+                stop,
                 {
                     "exploration_seconds": spent,
                     "training_seconds": total,
