@@ -167,7 +167,7 @@ def _backbone_decision(rd: RunDir) -> dict[str, Any] | None:
     if not plan.get("model"):
         return None
     why = next((d.get("reason", "") for d in plan.get("decisions", []) if d.get("topic") == "model"), "")
-    keys = ("rank", "model", "linear_accuracy", "logme", "img_size", "epoch_seconds")
+    keys = ("rank", "model", "linear_accuracy", "logme", "params", "img_size", "epoch_seconds")
     return {
         "phase": 0,
         "decision": f"choose backbone {plan['model']}",

@@ -61,11 +61,12 @@ def row(
     mid_logme: float = 0.1,
     speed: float = 100.0,
     epoch_seconds: dict[str, float] | None = None,
+    params: int = 1_000_000,
 ) -> ModelRow:
     return ModelRow(
         name=name,
         source="builtin:x",
-        params=1_000_000,
+        params=params,
         img_size=96,
         groups=[f"s{i}" for i in range(BACKBONE)] + ["head"],
         feature_dim=1280,
@@ -182,6 +183,70 @@ def test_ranking_within_noise_on_probe_and_logme_picks_the_cheapest() -> None:
     assert "expected cost 2.0s per epoch of last-k --k 2 at 96 px, 50.0s for the plan" in reason
     assert "LogME lower beyond noise: vague 0.050 (probe 79.0%)" in reason
     assert "probe lower beyond noise: weak 60.0%" in reason
+
+
+def test_ranking_within_noise_prefers_the_largest_model_whose_full_fine_tuning_fits_the_budget() -> None:
+    # facts(40): 400 images ask for 25 epochs; big's full epoch costs 12 s (300 s), small's 4 s (100 s)
+    def rows() -> list[ModelRow]:
+        tied = [
+            row("small", linear=0.80, logme_value=0.160, params=4_000_000),
+            row(
+                "big",
+                linear=0.76,
+                logme_value=0.150,
+                params=6_000_000,
+                epoch_seconds={"linear": 2.0, "last-k": 6.0, "full": 12.0},
+            ),
+            row(
+                "mid",
+                linear=0.75,
+                logme_value=0.140,
+                params=5_000_000,
+                epoch_seconds={"linear": 1.5, "last-k": 4.0, "full": 8.0},
+            ),
+        ]
+        for r, spread in zip(tied, (0.01, -0.01, 0.0), strict=True):
+            r.logme_folds, r.images = _fold_logmes(r.logme, spread), 400
+        return tied
+
+    # a 4-point probe gap on 400 images is within two standard errors (~2.9 points each)
+    unlimited = recommend(facts(40), rows())
+    assert [(e["model"], e["ranked_by"]) for e in unlimited.ranking] == [
+        ("big", "size"),
+        ("mid", "size"),
+        ("small", "size"),
+    ]
+    assert unlimited.ranking[0]["params"] == 6_000_000
+    reason = unlimited.decisions[0].reason
+    assert "the largest model, 6.0M parameters (no time budget limits training" in reason
+    assert "larger ImageNet models transfer better" in reason
+
+    # 250 s: big's 300 s of full fine-tuning does not fit, mid's 200 s does; small goes last among the fitting ones
+    tight = recommend(facts(40), rows(), time_budget=250)
+    assert [e["model"] for e in tight.ranking] == ["mid", "small", "big"]
+    assert "fits the 250 s budget" in tight.decisions[0].reason
+    assert "too slow to fine-tune fully in the budget: big" in tight.decisions[0].reason
+
+    # 150 s: only small fits: the cost rule decides, and says why size did not
+    cheap = recommend(facts(40), rows(), time_budget=150)
+    assert cheap.model == "small" and cheap.ranking[0]["ranked_by"] == "cost"
+    assert "no larger model's full fine-tuning for 25 epochs fits the 150 s budget" in cheap.decisions[0].reason
+
+
+def test_ranking_size_never_overrules_a_measured_lead() -> None:
+    # beyond two standard errors on the probe: the smaller model wins even with an unlimited budget
+    rows = [row("small", linear=0.85, params=4_000_000), row("big", linear=0.70, params=6_000_000)]
+    plan = recommend(facts(40), rows)
+    assert plan.model == "small" and plan.ranking[0]["ranked_by"] == "probe"
+    # a LogME lead beyond two jackknife standard errors: likewise
+    rows = [
+        row("small", linear=0.80, logme_value=0.30, params=4_000_000),
+        row("big", linear=0.80, logme_value=0.10, params=6_000_000),
+    ]
+    for r in rows:
+        r.logme_folds, r.images = _fold_logmes(r.logme, 0.01), 400
+    plan = recommend(facts(40), rows)
+    assert plan.model == "small" and plan.ranking[0]["ranked_by"] == "logme"
 
 
 def test_ranking_costs_within_timing_noise_fall_back_to_logme() -> None:
