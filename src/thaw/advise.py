@@ -23,7 +23,7 @@ Decision rules (``recommend``) use only the measured numbers, with thresholds st
   which is more stable on small sets; those whose LogME is also within noise of the best (``MODEL_NOISE``
   delete-a-fold jackknife standard errors of the paired difference) by size: when the measurements cannot tell
   candidates apart, the largest model (most parameters) whose full fine-tuning fits the budget wins, since larger
-  ImageNet models transfer better when training can afford them; when none fits (or sizes are equal), the clearly
+  ImageNet models transfer better when training can afford them; when none fits (or all are one size), the clearly
   cheaper one (costs up to ``1 + COST_TIE`` times the cheapest count as equal, and LogME orders them). The choice
   states its numbers and its expected cost (seconds per epoch, estimated training time).
 * **Distance from the pretraining distribution** (of the chosen model): when globally pooled features of an early
@@ -627,9 +627,9 @@ def _rank(
     Linear-probe accuracy first; the candidates within noise of the best (``MODEL_NOISE`` standard errors of
     ``_accuracy_noise``, at least ``MODEL_TIE``) by LogME; those whose LogME is also within noise of the best of them
     (``MODEL_NOISE`` times ``_logme_noise``) by size: the largest model whose full fine-tuning for the epochs the data
-    asks for (``_wanted_epochs``) fits ``time_budget`` (any, without a budget) wins, then LogME. Where size cannot
-    decide (one size, or nothing larger fits), the cheaper plan wins (costs within ``COST_TIE`` of the cheapest count
-    as equal, and LogME orders them).
+    asks for (``_wanted_epochs``) fits ``time_budget`` (any, without a budget) wins, then LogME; those that do not fit
+    follow. Where size cannot decide (all of one size, or none fits), the cheaper plan wins (costs within
+    ``COST_TIE`` of the cheapest count as equal, and LogME orders them).
 
     Why size: larger ImageNet models transfer better once training can afford them (Kornblith et al., "Do Better
     ImageNet Models Transfer Better?", CVPR 2019), and on this project's suite the largest built-in model was the
@@ -691,11 +691,12 @@ def _rank(
         i for i in tied if i != lead and lme(lead) - lme(i) <= MODEL_NOISE * _logme_noise(rows[lead], rows[i])
     ]
     ample = [i for i in close if fits(i)]
-    by_size = len({rows[i].params for i in ample}) > 1
+    unfit = [i for i in close if i not in ample]
+    # size decides when the fitting candidates differ in size, or when some fit and others do not (the budget then
+    # rules the others out even where their plans would cost within COST_TIE of the cheapest)
+    by_size = len({rows[i].params for i in ample}) > 1 or bool(ample and unfit)
     if by_size:
-        first = sorted(ample, key=lambda i: (-rows[i].params, -lme(i)))
-        rest = [i for i in close if i not in ample]
-        first += by_cost(rest) if rest else []
+        first = sorted(ample, key=lambda i: (-rows[i].params, -lme(i))) + (by_cost(unfit) if unfit else [])
     else:
         first = by_cost(close)
     second = sorted((i for i in tied if i not in close), key=lambda i: -lme(i))
@@ -738,10 +739,10 @@ def _rank(
                     f"its full fine-tuning for {wanted} epochs (~{_seconds(full_seconds(best))}) fits the "
                     f"{time_budget:.0f} s budget"
                 )
-            unfit = [rows[i].name for i in close if i not in ample]
+            slow = ", ".join(rows[i].name for i in order if i in unfit)
             verdict = (
-                f"the largest model, {_millions(row.params)} ({room}; others: {sizes}"
-                + (f"; too slow to fine-tune fully in the budget: {', '.join(unfit)}" if unfit else "")
+                f"the largest model whose full fine-tuning fits, {_millions(row.params)} ({room}; others: {sizes}"
+                + (f"; too slow to fine-tune fully in the budget: {slow}" if unfit else "")
                 + "): larger ImageNet models transfer better when training can afford them"
             )
             why = f"{head}: {verdict}, {_cost_text(row, plans[best])}"
@@ -754,9 +755,7 @@ def _rank(
             else:
                 verdict = f"of those that cost about the least (within {1 + COST_TIE:g}x), the highest LogME"
             if time_budget is not None and len({rows[i].params for i in close}) > 1:
-                verdict += (
-                    f" (no larger model's full fine-tuning for {wanted} epochs fits the {time_budget:.0f} s budget)"
-                )
+                verdict += f" (no model's full fine-tuning for {wanted} epochs fits the {time_budget:.0f} s budget)"
             why = f"{head}: {verdict}, {_cost_text(row, plans[best])} (others: {costs})"
     if len(close) > 1 and second:
         why += "; LogME lower beyond noise: " + ", ".join(

@@ -218,7 +218,7 @@ def test_ranking_within_noise_prefers_the_largest_model_whose_full_fine_tuning_f
     ]
     assert unlimited.ranking[0]["params"] == 6_000_000
     reason = unlimited.decisions[0].reason
-    assert "the largest model, 6.0M parameters (no time budget limits training" in reason
+    assert "the largest model whose full fine-tuning fits, 6.0M parameters (no time budget limits training" in reason
     assert "larger ImageNet models transfer better" in reason
 
     # 250 s: big's 300 s of full fine-tuning does not fit, mid's 200 s does; small goes last among the fitting ones
@@ -227,10 +227,16 @@ def test_ranking_within_noise_prefers_the_largest_model_whose_full_fine_tuning_f
     assert "fits the 250 s budget" in tight.decisions[0].reason
     assert "too slow to fine-tune fully in the budget: big" in tight.decisions[0].reason
 
-    # 150 s: only small fits: the cost rule decides, and says why size did not
-    cheap = recommend(facts(40), rows(), time_budget=150)
+    # 150 s: only small fits; the others follow by the cost rule (big's plan costs within COST_TIE of mid's, and big
+    # has the higher LogME)
+    only = recommend(facts(40), rows(), time_budget=150)
+    assert [(e["model"], e["ranked_by"]) for e in only.ranking] == [("small", "size"), ("big", "size"), ("mid", "size")]
+    assert "too slow to fine-tune fully in the budget: big, mid" in only.decisions[0].reason
+
+    # 50 s: none fits: the cost rule decides, and says why size did not
+    cheap = recommend(facts(40), rows(), time_budget=50)
     assert cheap.model == "small" and cheap.ranking[0]["ranked_by"] == "cost"
-    assert "no larger model's full fine-tuning for 25 epochs fits the 150 s budget" in cheap.decisions[0].reason
+    assert "no model's full fine-tuning for 25 epochs fits the 50 s budget" in cheap.decisions[0].reason
 
 
 def test_ranking_size_never_overrules_a_measured_lead() -> None:
