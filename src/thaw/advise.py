@@ -93,9 +93,9 @@ FEATURE_BATCH = 64
 #: their standard error is smaller.
 MODEL_TIE = 0.01
 #: Standard errors by which one model's probe accuracy (or LogME) must lead another's to rank it above on that
-#: measurement: two, the one-sided 95 % rule the race uses. With one, two equal models differ "beyond noise" about a
-#: third of the time; on two digit tasks (100-300 images) that rule matched the best backbone in hindsight on 1 of 6
-#: seeds (docs/benchmarks.md, "Backbones").
+#: measurement: two, as thaw's phase selection uses. Two equal models differ by more than one standard error about
+#: a third of the time, by more than two about one time in twenty; with one, the ranking matched the best backbone in
+#: hindsight on 1 of 6 seeds of two digit tasks (100-300 images; docs/benchmarks.md, "Backbones").
 MODEL_NOISE = 2.0
 #: Among models tied on probe and LogME whose full fine-tuning does not fit the budget (or that are the same size),
 #: epoch costs up to (1 + COST_TIE) x the cheapest count as equal and LogME orders them: a smaller saving is not
