@@ -81,6 +81,8 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
+#: Images measured by default (a stratified subsample of larger training sets).
+MAX_IMAGES = 2000
 #: Source images smaller than this (median shorter side) are measured at this resolution when no img_size is given.
 SMALL_IMAGE_SIZE = 96
 #: Files whose header is read to find the native resolution.
@@ -307,7 +309,7 @@ def advise(
     models: Sequence[str] | None = None,
     weights: Mapping[str, str] | None = None,
     img_size: int | None = None,
-    max_images: int = 2000,
+    max_images: int = MAX_IMAGES,
     seed: int = 0,
     time_budget: float | None = None,
     progress: Progress | None = None,

@@ -121,6 +121,25 @@ def _default_out(cfg: FitConfig) -> Path:
     return Path("runs") / f"{model}-{cfg.strategy}-{stamp}"
 
 
+#: auto --models keeps its measuring to about this share of a time budget by measuring a stratified subsample ...
+MEASURE_SHARE = 0.1
+#: ... priced at this many seconds per image per candidate: on 2 cores the three built-in models took 34.6 s for
+#: fashion100's 1000 images at 96 px (11-12 s a model, 19 % of a 180 s budget; docs/benchmarks.md, "Backbones").
+MEASURE_SECONDS_PER_IMAGE = 0.012
+#: ... but never fewer images than this (the probe's noise grows as the subsample shrinks).
+MIN_MEASURE_IMAGES = 200
+
+
+def _measure_images(time_budget: float | None, candidates: int) -> int:
+    """How many training images auto --models measures its candidates on (advise's ``max_images``)."""
+    from thaw.advise import MAX_IMAGES
+
+    if time_budget is None:
+        return MAX_IMAGES
+    fit = int(MEASURE_SHARE * time_budget / (MEASURE_SECONDS_PER_IMAGE * max(candidates, 1)) + 1e-6)
+    return max(MIN_MEASURE_IMAGES, min(MAX_IMAGES, fit))
+
+
 def _backbone(cfg: FitConfig, rd: RunDir, info: dist.DistInfo, progress: Progress | None) -> tuple[FitConfig, float]:
     """auto with ``--models``: the backbone to fine-tune, and the seconds spent choosing it.
 
@@ -141,11 +160,14 @@ def _backbone(cfg: FitConfig, rd: RunDir, info: dist.DistInfo, progress: Progres
             chosen = str(known)
         else:
             say, candidates = progress or log.info, cfg.model_candidates()
-            say(f"auto: measuring {len(candidates)} candidate backbones: {', '.join(candidates)}")
+            images = _measure_images(cfg.time_budget, len(candidates))
+            names = ", ".join(candidates)
+            say(f"auto: measuring {len(candidates)} candidate backbones on up to {images} images: {names}")
             result = advise(
                 cfg.train,
                 models=candidates,
                 img_size=cfg.img_size,
+                max_images=images,
                 seed=cfg.seed,
                 time_budget=cfg.time_budget,
                 progress=say,

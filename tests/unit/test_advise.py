@@ -426,3 +426,15 @@ def test_advise_on_the_demo_data_with_builtin_weights() -> None:
     assert plan.decisions[0].topic == "model" and "expected cost" in plan.decisions[0].reason
     assert f"--model {plan.model} " in plan.command and plan.estimated_seconds and plan.estimated_seconds > 0
     # its wall time (under 60 s on 2 cores) is a benchmark, docs/benchmarks.md "thaw advise", not a test assertion
+
+
+def test_auto_models_measures_a_subsample_that_keeps_the_measuring_near_a_tenth_of_the_budget() -> None:
+    from thaw.advise import MAX_IMAGES
+    from thaw.api import MEASURE_SECONDS_PER_IMAGE, MEASURE_SHARE, MIN_MEASURE_IMAGES, _measure_images
+
+    assert _measure_images(None, 3) == MAX_IMAGES  # no budget: what `thaw advise` measures
+    three = _measure_images(180.0, 3)  # fashion100's 1000 images took 19 % of 180 s: now about half of them
+    assert three == 500 and three * 3 * MEASURE_SECONDS_PER_IMAGE <= MEASURE_SHARE * 180.0 + 1e-9
+    assert _measure_images(180.0, 2) == 750  # fewer candidates, more images each
+    assert _measure_images(30.0, 3) == MIN_MEASURE_IMAGES  # a short budget still measures a usable sample
+    assert _measure_images(3600.0, 3) == MAX_IMAGES

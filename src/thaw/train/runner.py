@@ -370,11 +370,15 @@ class Runner:
         started, last_ckpt, stopped = time.monotonic(), time.monotonic(), "completed"
         last_good = state_copy(self.model)
         while st.epochs_done < st.planned_epochs:
-            if self._out_of_time(phase, st, started):
+            # the clock may end the schedule inside an epoch: the last one then runs only the steps that remain
+            steps = min(spe, st.total_steps - st.steps) if st.total_steps > st.steps else spe
+            if self._out_of_time(phase, st, started, steps / spe):
                 stopped = "time-budget"
                 break
             torch.manual_seed(self.epoch_seed())
             order = self.epoch_order(n_train, shard=sharded)
+            if steps < spe:
+                order = order[: steps * self.config.batch]
             t0 = time.perf_counter()
             self.set_modes(phase)
             try:
@@ -401,7 +405,9 @@ class Runner:
             ):
                 self._checkpoint(history, st, optim.opt, phase)
                 last_ckpt = time.monotonic()
-            st.cycle_seconds = time.perf_counter() - t0  # what an epoch costs, its checkpoint included
+            # what an epoch costs, its checkpoint included: rank 0's figure on every rank, so that every rank plans
+            # the same number of steps (one rank stepping alone would hang DDP's gradient all-reduce)
+            st.cycle_seconds = broadcast_float(time.perf_counter() - t0, self.dist, self.device)
             st.steady_seconds += st.cycle_seconds if st.epochs_done > 1 else 0.0
             # epochs 1, 2, 4, 8, ...: less often as the plan firms up; and every epoch of the last two planned, where
             # epochs that ran faster than the average so far leave room for one more (fashion100: a plan fixed at
@@ -510,25 +516,36 @@ class Runner:
             left = mine if left is None else min(left, mine)
         return left
 
-    def _out_of_time(self, phase: Phase, st: EpochState, started: float) -> bool:
+    def _out_of_time(self, phase: Phase, st: EpochState, started: float, fraction: float = 1.0) -> bool:
         """No epoch starts when the clock says it would end past the budget (a phase's own planned length does
-        not stop its first epoch: that epoch measures what the length buys)."""
+        not stop its first epoch: that epoch measures what the length buys); ``fraction``: the share of a whole
+        epoch's steps this one runs (the schedule's last epoch may be partial)."""
         left = self._time_left(phase, started, own=st.epochs_done > 0)
-        return left is not None and (left <= 0 or st.cycle_seconds > left)
+        return left is not None and (left <= 0 or st.cycle_seconds * fraction > left)
 
     def _plan_length(self, phase: Phase, st: EpochState, schedule: WarmupCosine, spe: int, started: float) -> None:
         """Size the schedule to the clock after epochs 1, 2, 4, 8, ..., so the learning rate anneals to zero within
-        the budget: the epochs that fit at the measured cost of an epoch (the first one's cost until there are
-        more), never more than the phase's epochs."""
+        the budget: the optimizer steps that fit at the measured cost of an epoch (the first one's cost until there
+        are more), never more than the phase's epochs. The last epoch may be partial: whole epochs alone left up to
+        one epoch of the budget idle, 15 s of 180 on fashion100 (docs/benchmarks.md, "Time budget")."""
         left = self._time_left(phase, started)
         cycle = st.steady_seconds / (st.epochs_done - 1) if st.epochs_done > 1 else st.cycle_seconds
         if left is None or cycle <= 0:
             return
-        fit = min(phase.epochs, st.epochs_done + max(0, int(left / cycle)))
-        if fit != st.planned_epochs:
-            log.info("phase %s: %d epochs fit the time left (%.0fs at %.1fs each)", phase.name, fit, left, cycle)
-            st.planned_epochs = fit
-            schedule.resize(fit * spe)
+        fit = min(phase.epochs * spe, st.steps + max(0, int(left / cycle * spe)))
+        if fit != st.total_steps:
+            epochs = -(-fit // spe)
+            log.info(
+                "phase %s: %d steps (%.1f epochs of %d) fit the time left (%.0fs at %.1fs an epoch)",
+                phase.name,
+                fit,
+                fit / spe,
+                spe,
+                left,
+                cycle,
+            )
+            st.planned_epochs = max(epochs, st.epochs_done)
+            schedule.resize(fit)
             st.total_steps = schedule.total_steps
 
     def _retry_after_fault(self, phase: Phase, st: EpochState, exc: NonFiniteLossError) -> bool:

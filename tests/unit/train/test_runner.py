@@ -320,6 +320,34 @@ def test_a_clocked_phase_replans_on_its_last_epochs_and_takes_an_epoch_the_clock
     assert res.epochs_run == 7
 
 
+def test_the_clock_plans_in_steps_and_the_last_epoch_may_be_partial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time for 2.5 more epochs buys 2.5 epochs of steps: the schedule ends inside the last epoch, which runs only
+    the steps that remain (whole epochs alone left up to one epoch of the budget idle)."""
+    from thaw.train import runner as runner_module
+    from thaw.train.loop import WarmupCosine
+    from thaw.train.runner import EpochState
+
+    r = _runner()
+    head = len(r.groups) - 1
+    phase = Phase("t", (head,), epochs=100, lr=1e-2, augment="none", patience=0, seconds=1e4)
+    spe = 3  # 24 images, batch 8
+    st = EpochState(phase_index=0, epochs_done=4, planned_epochs=10, total_steps=30, steps=12, steady_seconds=30.0)
+    schedule = WarmupCosine(30, 0.0)
+    monkeypatch.setattr(runner_module.Runner, "_time_left", lambda self, phase, started, own=True: 25.0)
+    r._plan_length(phase, st, schedule, spe, started=0.0)  # 10 s an epoch, 25 s left: 7 more steps of 3 a epoch
+    assert (st.total_steps, st.planned_epochs, schedule.total_steps) == (19, 7, 19)
+
+    # the phase runs those steps: two whole epochs, then one of a single step
+    def clock(self: Runner, phase: Phase, st: Any, schedule: Any, spe: int, started: float) -> None:
+        st.planned_epochs, st.total_steps = 3, 2 * spe + 1
+        schedule.resize(st.total_steps)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(runner_module.Runner, "_plan_length", clock)
+    res = r.run_phase(0, phase, [])
+    assert res.epochs_run == 3 and res.steps == 2 * spe + 1 and res.stopped == "completed"
+
+
 def test_no_epoch_starts_once_the_budget_is_spent() -> None:
     r = _runner()
     r.budget = Budget(1e-3)
