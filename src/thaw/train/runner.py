@@ -379,6 +379,12 @@ class Runner:
         while st.epochs_done < st.planned_epochs:
             # the clock may end the schedule inside an epoch: the last one then runs only the steps that remain
             steps = min(spe, st.total_steps - st.steps) if st.total_steps > st.steps else spe
+            if st.epochs_done and self._out_of_time(phase, st, started, steps / spe):
+                # the next epoch no longer fits (the budget's reserve grew, or epochs slowed since the last plan):
+                # shrink the schedule to the steps that do, rather than stop with them unspent (fashion100 seed 2
+                # stopped 15 s before its budget with a whole epoch planned)
+                self._plan_length(phase, st, optim.schedule, spe, started)
+                steps = min(spe, st.total_steps - st.steps) if st.total_steps > st.steps else spe
             if self._out_of_time(phase, st, started, steps / spe):
                 stopped = "time-budget"
                 break

@@ -348,6 +348,35 @@ def test_the_clock_plans_in_steps_and_the_last_epoch_may_be_partial(monkeypatch:
     assert res.epochs_run == 3 and res.steps == 2 * spe + 1 and res.stopped == "completed"
 
 
+def test_when_the_next_epoch_no_longer_fits_the_schedule_shrinks_to_a_partial_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planned for 4 epochs of 10 s, but after the third the clock has 5 s left (a slower machine, a larger
+    reserve): the phase re-plans instead of stopping, and runs the one step of the fourth epoch that fits."""
+    from thaw.train import runner as runner_module
+
+    r = _runner()
+    head = len(r.groups) - 1
+    phase = Phase("t", (head,), epochs=4, lr=1e-2, augment="none", patience=0, seconds=1e4)
+    done = [0]
+    after = runner_module.Runner._after_epoch
+
+    def count(self: Runner, index: int, phase: Phase, st: Any, ep: Any, opt: Any) -> None:
+        after(self, index, phase, st, ep, opt)
+        done[0] = st.epochs_done
+
+    def clock(self: Runner, phase: Phase, started: float, own: bool = True) -> float:
+        return 100.0 if done[0] < 3 else 5.0 if done[0] == 3 else 0.0
+
+    monkeypatch.setattr(runner_module, "PLAN_END_EPOCHS", 0)  # re-planned after epochs 1, 2 and 4 only
+    monkeypatch.setattr(runner_module.EpochState, "epoch_cost", property(lambda self: 10.0))
+    monkeypatch.setattr(runner_module.Runner, "_after_epoch", count)
+    monkeypatch.setattr(runner_module.Runner, "_time_left", clock)
+    res = r.run_phase(0, phase, [])
+    # 3 whole epochs of 3 steps (24 images, batch 8), then int(5 s / 10 s x 3) = 1 step
+    assert res.epochs_run == 4 and res.steps == 3 * 3 + 1 and res.stopped == "completed"
+
+
 def test_no_epoch_starts_once_the_budget_is_spent() -> None:
     r = _runner()
     r.budget = Budget(1e-3)
