@@ -124,7 +124,9 @@ def _default_out(cfg: FitConfig) -> Path:
 #: auto --models keeps its measuring to about this share of a time budget by measuring a stratified subsample ...
 MEASURE_SHARE = 0.1
 #: ... priced at this many seconds per image per candidate: on 2 cores the three built-in models took 34.6 s for
-#: fashion100's 1000 images at 96 px (11-12 s a model, 19 % of a 180 s budget; docs/benchmarks.md, "Backbones").
+#: fashion100's 1000 images at 96 px (11-12 s a model, 19 % of a 180 s budget). It prices only the part that grows
+#: with the images: loading, decoding and timing each model cost another 3-4 s (500 images took 22-29 s), so the
+#: share reaches a tenth only on longer budgets (docs/benchmarks.md, "Backbones", tenth session).
 MEASURE_SECONDS_PER_IMAGE = 0.012
 #: ... but never fewer images than this (the probe's noise grows as the subsample shrinks).
 MIN_MEASURE_IMAGES = 200

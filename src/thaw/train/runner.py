@@ -123,17 +123,16 @@ class EpochState:
     min_val_loss_epoch: int = 0
     """Epoch within the phase (1-based) with the lowest validation loss; 0 before any."""
     cycle_seconds: float = 0.0
-    """Wall seconds of the last whole epoch (training, validation, checkpoint)."""
+    """Wall seconds of the last epoch (training, validation, checkpoint); a partial one at its whole-epoch rate."""
     steady_seconds: float = 0.0
     """Wall seconds of the whole epochs after the first (which pays one-time set-up): what the clock plans with."""
+    selection: PhaseSelection = field(default_factory=PhaseSelection)
 
     @property
     def epoch_cost(self) -> float:
         """What the clock prices an epoch at: the mean of the epochs after the first, the first's until there are
         more."""
         return self.steady_seconds / (self.epochs_done - 1) if self.epochs_done > 1 else self.cycle_seconds
-
-    selection: PhaseSelection = field(default_factory=PhaseSelection)
 
 
 @dataclass
@@ -418,9 +417,10 @@ class Runner:
             ):
                 self._checkpoint(history, st, optim.opt, phase)
                 last_ckpt = time.monotonic()
-            # what an epoch costs, its checkpoint included: rank 0's figure on every rank, so that every rank plans
-            # the same number of steps (one rank stepping alone would hang DDP's gradient all-reduce)
-            st.cycle_seconds = broadcast_float(time.perf_counter() - t0, self.dist, self.device)
+            # what an epoch costs, its checkpoint included (a partial one scaled to a whole one): rank 0's figure on
+            # every rank, so that every rank plans the same number of steps (one rank stepping alone would hang DDP's
+            # gradient all-reduce)
+            st.cycle_seconds = broadcast_float((time.perf_counter() - t0) * spe / steps, self.dist, self.device)
             st.steady_seconds += st.cycle_seconds if st.epochs_done > 1 else 0.0
             # epochs 1, 2, 4, 8, ...: less often as the plan firms up; and every epoch of the last two planned, where
             # epochs that ran faster than the average so far leave room for one more (fashion100: a plan fixed at
