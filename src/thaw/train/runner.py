@@ -128,6 +128,10 @@ class EpochState:
     """Wall seconds of the whole epochs after the first (which pays one-time set-up): what the clock plans with."""
     selection: PhaseSelection = field(default_factory=PhaseSelection)
 
+    def next_steps(self, spe: int) -> int:
+        """Steps the next epoch runs: a whole epoch's ``spe``, or fewer where the schedule ends inside it."""
+        return min(spe, self.total_steps - self.steps) if self.total_steps > self.steps else spe
+
     @property
     def epoch_cost(self) -> float:
         """What the clock prices an epoch at: the mean of the epochs after the first, the first's until there are
@@ -377,13 +381,13 @@ class Runner:
         last_good = state_copy(self.model)
         while st.epochs_done < st.planned_epochs:
             # the clock may end the schedule inside an epoch: the last one then runs only the steps that remain
-            steps = min(spe, st.total_steps - st.steps) if st.total_steps > st.steps else spe
+            steps = st.next_steps(spe)
             if st.epochs_done and self._out_of_time(phase, st, started, steps / spe):
                 # the next epoch no longer fits (the budget's reserve grew, or epochs slowed since the last plan):
                 # shrink the schedule to the steps that do, rather than stop with them unspent (fashion100 seed 2
                 # stopped 15 s before its budget with a whole epoch planned)
                 self._plan_length(phase, st, optim.schedule, spe, started)
-                steps = min(spe, st.total_steps - st.steps) if st.total_steps > st.steps else spe
+                steps = st.next_steps(spe)
             if self._out_of_time(phase, st, started, steps / spe):
                 stopped = "time-budget"
                 break
