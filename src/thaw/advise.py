@@ -742,6 +742,14 @@ def _rank(
             f"{rows[i].name} {_pct(rows[i].linear_accuracy)} / {rows[i].logme:.3f}" for i in order if i in close
         )
         head = f"linear probe and LogME are within noise ({MODEL_NOISE:g} standard errors) across {listed} ({noise})"
+        lead_row = rows[lead]
+        against = [i for i in close if i != lead and lme(lead) - lme(i) > MODEL_NOISE * _logme_noise(lead_row, rows[i])]
+        if against:
+            higher = ", ".join(rows[i].name for i in against)
+            head = (
+                f"linear probe and LogME do not separate {listed} ({noise}): {lead_row.name}'s LogME lead is beyond "
+                f"noise but the probe of {higher} is higher, so the two signals disagree"
+            )
         if by_size:
             sizes = ", ".join(f"{rows[i].name} {_millions(rows[i].params)}" for i in order if i in close and i != best)
             if time_budget is None:

@@ -269,6 +269,7 @@ def test_ranking_a_logme_lead_against_a_higher_probe_does_not_decide() -> None:
         r.logme_folds, r.images = _fold_logmes(r.logme, 0.01), 400
     plan = recommend(facts(40), rows)
     assert plan.model == "big" and [e["ranked_by"] for e in plan.ranking] == ["size", "size"]
+    assert "small's LogME lead is beyond noise but the probe of big is higher" in plan.decisions[0].reason
     # the same LogME gap with the probes agreeing (big's not higher) ranks small first on LogME
     rows[1].linear_accuracy = 0.77
     plan = recommend(facts(40), rows)
