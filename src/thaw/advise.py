@@ -693,15 +693,16 @@ def _rank(
     else:
         tied = everyone
     lead = max(tied, key=lme)
+
+    def logme_behind(i: int) -> bool:
+        """LogME lower than the LogME leader's beyond ``MODEL_NOISE`` jackknife standard errors."""
+        return lme(lead) - lme(i) > MODEL_NOISE * _logme_noise(rows[lead], rows[i])
+
     # LogME ranks a model below the LogME lead only when its probe accuracy agrees (is not higher): the two measure
     # the same thing, how linearly separable the frozen features are, and where they point opposite ways neither
     # resolves the difference (cvdigits seed 0: Lite1's LogME led beyond two jackknife SE with the lowest probe of
     # the three, 77 % against 80 %, and Lite1 fine-tuned below Lite2; docs/benchmarks.md, "Backbones")
-    close = [lead] + [
-        i
-        for i in tied
-        if i != lead and (acc(i) > acc(lead) or lme(lead) - lme(i) <= MODEL_NOISE * _logme_noise(rows[lead], rows[i]))
-    ]
+    close = [lead] + [i for i in tied if i != lead and (acc(i) > acc(lead) or not logme_behind(i))]
     ample = [i for i in close if fits(i)]
     unfit = [i for i in close if i not in ample]
     # size decides when the fitting candidates differ in size, or when some fit and others do not (the budget then
@@ -742,12 +743,11 @@ def _rank(
             f"{rows[i].name} {_pct(rows[i].linear_accuracy)} / {rows[i].logme:.3f}" for i in order if i in close
         )
         head = f"linear probe and LogME are within noise ({MODEL_NOISE:g} standard errors) across {listed} ({noise})"
-        lead_row = rows[lead]
-        against = [i for i in close if i != lead and lme(lead) - lme(i) > MODEL_NOISE * _logme_noise(lead_row, rows[i])]
+        against = [i for i in close if i != lead and logme_behind(i)]
         if against:
             higher = ", ".join(rows[i].name for i in against)
             head = (
-                f"linear probe and LogME do not separate {listed} ({noise}): {lead_row.name}'s LogME lead is beyond "
+                f"linear probe and LogME do not separate {listed} ({noise}): {rows[lead].name}'s LogME lead is beyond "
                 f"noise but the probe of {higher} is higher, so the two signals disagree"
             )
         if by_size:

@@ -242,31 +242,31 @@ def test_ranking_within_noise_prefers_the_largest_model_whose_full_fine_tuning_f
     assert "no model's full fine-tuning for 25 epochs fits the 50 s budget" in cheap.decisions[0].reason
 
 
+def _logme_lead_pair(small_probe: float, big_probe: float) -> list[ModelRow]:
+    """A small model whose LogME leads a bigger one's far beyond its jackknife noise (identical fold variation)."""
+    rows = [
+        row("small", linear=small_probe, logme_value=0.30, params=4_000_000),
+        row("big", linear=big_probe, logme_value=0.10, params=6_000_000),
+    ]
+    for r in rows:
+        r.logme_folds, r.images = _fold_logmes(r.logme, 0.01), 400
+    return rows
+
+
 def test_ranking_size_never_overrules_a_measured_lead() -> None:
     # beyond two standard errors on the probe: the smaller model wins even with an unlimited budget
     rows = [row("small", linear=0.85, params=4_000_000), row("big", linear=0.70, params=6_000_000)]
     plan = recommend(facts(40), rows)
     assert plan.model == "small" and plan.ranking[0]["ranked_by"] == "probe"
     # a LogME lead beyond two jackknife standard errors: likewise
-    rows = [
-        row("small", linear=0.80, logme_value=0.30, params=4_000_000),
-        row("big", linear=0.80, logme_value=0.10, params=6_000_000),
-    ]
-    for r in rows:
-        r.logme_folds, r.images = _fold_logmes(r.logme, 0.01), 400
-    plan = recommend(facts(40), rows)
+    plan = recommend(facts(40), _logme_lead_pair(small_probe=0.80, big_probe=0.80))
     assert plan.model == "small" and plan.ranking[0]["ranked_by"] == "logme"
 
 
 def test_ranking_a_logme_lead_against_a_higher_probe_does_not_decide() -> None:
     # LogME leads beyond its noise but the other model's probe is higher (within the probe's noise): the two
     # signals disagree, so neither separates the models and size decides
-    rows = [
-        row("small", linear=0.77, logme_value=0.30, params=4_000_000),
-        row("big", linear=0.80, logme_value=0.10, params=6_000_000),
-    ]
-    for r in rows:
-        r.logme_folds, r.images = _fold_logmes(r.logme, 0.01), 400
+    rows = _logme_lead_pair(small_probe=0.77, big_probe=0.80)
     plan = recommend(facts(40), rows)
     assert plan.model == "big" and [e["ranked_by"] for e in plan.ranking] == ["size", "size"]
     assert "small's LogME lead is beyond noise but the probe of big is higher" in plan.decisions[0].reason
