@@ -24,7 +24,7 @@ from tests.conftest import write_image_folder
 from thaw.cli import main
 from thaw.config import default_batch_size
 from thaw.data.sample import sample_data_dir
-from thaw.strategy.auto import EARLY_MIN_EPOCHS, EXPLORE_SHARE, MIN_RUNG_STEPS
+from thaw.strategy.auto import EARLY_MIN_EPOCHS, EXPLORE_SHARE, MAX_EXPLORE_SHARE, MIN_RUNG_STEPS
 
 SRC = str(Path(thaw.__file__).resolve().parents[1])
 
@@ -592,9 +592,10 @@ def test_auto_on_real_data_races_then_spends_its_budget_on_the_winner(tmp_path: 
     flip = decisions[1]["signals"]["flip"]
     assert 0 <= flip["mirrored_val_accuracy"] <= 1 and "accuracy_diff_lower_bound" in flip
     assert {p["augment"] for p in phases[1:]} == {"light" if flip["flip"] else "crop"}
-    # the rungs cost the same and together take the explore share of what was left after the probe
+    # the rungs cost the same and together take the explore share of what was left after the probe (lengthened up
+    # to MAX_EXPLORE_SHARE when that meets the race floor)
     rungs = [p["planned_seconds"] for p in phases[1:3]]
-    assert rungs[0] == rungs[1] and 0.25 * budget * EXPLORE_SHARE / 2 < rungs[0] < budget * EXPLORE_SHARE / 2
+    assert rungs[0] == rungs[1] and 0.25 * budget * EXPLORE_SHARE / 2 < rungs[0] < budget * MAX_EXPLORE_SHARE / 2
     assert final["epochs"] >= 2 and final["stopped"] in ("completed", "time-budget")  # the clock ends it, not patience
 
 

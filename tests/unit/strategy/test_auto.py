@@ -13,6 +13,7 @@ from thaw.strategy.auto import (
     EARLY_MIN_EPOCHS,
     EARLY_MIN_SHARE,
     EXPLORE_SHARE,
+    MAX_EXPLORE_SHARE,
     MIN_RUNG_EPOCHS,
     MIN_RUNG_STEPS,
     TIMED_PASS_SECONDS,
@@ -142,31 +143,69 @@ def test_no_race_when_a_rung_is_shorter_than_an_epoch_the_final_run_takes_the_bu
     assert final.start == "pretrained" and final.patience == 0 and final.epochs > 10_000
 
 
-@pytest.mark.parametrize(("epoch", "races"), [(2.5, True), (2.6, False), (10.0, False)])
+@pytest.mark.parametrize(("epoch", "races"), [(2.5, True), (3.6, False), (10.0, False)])
 def test_a_race_needs_rungs_of_at_least_min_rung_steps_of_full(epoch: float, races: bool) -> None:
     """Rungs of 0.3 x 170 s / 2 = 25.5 s; 300 images at batch 32 make 10 steps an epoch: at 2.5 s an epoch a rung
-    holds 10 whole epochs (100 steps, the floor), at 2.6 s 9 epochs (90), at 10 s 2 (20): the race would show where
-    ``full`` starts, not where it goes, so the budget goes to one run of every group, and the decision says why."""
-    assert MIN_RUNG_STEPS == 100
+    holds 10 whole epochs (100 steps, the floor); at 3.6 s 7 epochs (70), and 10 epochs would take 72 s of 170 for
+    both rungs, over MAX_EXPLORE_SHARE; at 10 s 2 (20): the race would show where ``full`` starts, not where it goes,
+    so the budget goes to one run of every group, and the decision says why."""
+    assert MIN_RUNG_STEPS == 100 and MAX_EXPLORE_SHARE == 0.4
     ctx = _ctx(epoch=epoch)
     auto, history = _probe(ctx)
     step = auto.next_step(ctx, history)
     if races:
         assert isinstance(step, Candidates) and [p.signals["recipe"] for p in step.phases] == ["partial", "full"]
         assert {p.signals["rung_steps"] for p in step.phases} == {int(25.5 / epoch) * 10}  # recorded with the race
+        assert [p.signals["explore_share"] for p in step.phases] == [pytest.approx(EXPLORE_SHARE)] * 2
+        assert "lengthened" not in step.reason
         return
     assert isinstance(step, Phase) and step.name == "auto-full" and step.seconds == pytest.approx(170.0)
     assert step.signals["rung_steps"] == int(25.5 / epoch) * 10 and step.signals["rung_seconds"] == pytest.approx(25.5)
-    assert f"fewer than the {MIN_RUNG_STEPS}" in step.reason
+    assert f"fewer than the {MIN_RUNG_STEPS}" in step.reason and "lengthened to 40%" in step.reason
     assert step.start == "pretrained" and "fresh head" in step.reason  # not the probe's fitted head
 
 
-@pytest.mark.parametrize(("epoch", "races"), [(0.8, True), (1.2, True), (1.3, False)])
+@pytest.mark.parametrize("epoch", [2.6, 3.0, 3.4])
+def test_rungs_just_short_of_the_floor_are_lengthened_to_meet_it_within_max_explore_share(epoch: float) -> None:
+    """At 2.6-3.4 s an epoch a 25.5 s rung holds 7-9 epochs (70-90 steps), under the floor; 10 epochs (100 steps)
+    take 52-68 s for both rungs, at most 0.4 x 170 s: the rungs are lengthened to exactly 10 epochs, and the reason
+    and the signals say so. Without this the ``--models`` measurements pushed cvdigits' Lite2 rungs to 90 steps and
+    the run that skipped the race scored under the runs that raced."""
+    ctx = _ctx(epoch=epoch)
+    auto, history = _probe(ctx)
+    assert int(25.5 / epoch) * 10 < MIN_RUNG_STEPS
+    race = auto.next_step(ctx, history)
+    assert isinstance(race, Candidates)
+    for p in race.phases:
+        assert p.seconds == pytest.approx(10 * epoch) and p.signals["rung_steps"] == MIN_RUNG_STEPS
+        assert EXPLORE_SHARE < p.signals["explore_share"] <= MAX_EXPLORE_SHARE
+    assert p.signals["explore_share"] == pytest.approx(2 * 10 * epoch / 170.0)
+    assert "lengthened from 30%" in race.reason
+    # an interrupted race resumes at the lengthened rung and says the share it planned
+    history.append(_result(1, race.phases[0], [1] * 75 + [0] * 25))
+    rest = auto.next_step(replace(ctx, seconds_left=120.0, signals=Signals()), history)
+    assert isinstance(rest, Candidates) and rest.phases[0].seconds == pytest.approx(10 * epoch)
+    assert rest.phases[0].signals["explore_share"] == pytest.approx(2 * 10 * epoch / 170.0)
+    assert "of 170s in all" in rest.reason
+
+
+def test_a_few_images_are_lengthened_to_min_rung_epochs_not_min_rung_steps() -> None:
+    """40 images at batch 16 (3 steps an epoch) at 1.5 s an epoch: a 25.5 s rung holds 17 epochs (51 steps); the
+    nearer floor is 20 epochs (60 steps, 60 s for both rungs, 35 % of 170 s), not 100 steps (34 epochs)."""
+    ctx = _ctx(epoch=1.5, num_train=40)
+    auto, history = _probe(ctx)
+    race = auto.next_step(ctx, history)
+    assert isinstance(race, Candidates)
+    assert [p.seconds for p in race.phases] == [pytest.approx(MIN_RUNG_EPOCHS * 1.5)] * 2
+    assert {p.signals["rung_steps"] for p in race.phases} == {MIN_RUNG_EPOCHS * 3}
+
+
+@pytest.mark.parametrize(("epoch", "races"), [(0.8, True), (1.2, True), (1.8, False)])
 def test_a_rung_of_few_steps_races_when_it_holds_min_rung_epochs_of_a_few_images(epoch: float, races: bool) -> None:
     """40 images at batch 16 make 3 steps an epoch: a rung of 25.5 s holds 31 epochs (93 steps) at 0.8 s an epoch,
-    21 (63) at 1.2 s, 19 (57) at 1.3 s. Under MIN_RUNG_STEPS all three, but 20 passes over 40 images have fitted
+    21 (63) at 1.2 s, 14 (42) at 1.8 s. Under MIN_RUNG_STEPS all three, but 20 passes over 40 images have fitted
     them, so the first two race (stamps' rungs after the --models measurements held 84-93 steps); the third does
-    not, and the decision names both floors."""
+    not (20 epochs of both rungs would take 72 s, over 0.4 x 170 s), and the decision names both floors."""
     assert MIN_RUNG_EPOCHS == 20
     ctx = _ctx(epoch=epoch, num_train=40)
     assert ctx.config.batch == 16
