@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from thaw.config import ADVISE_MAX_IMAGES
 from thaw.data.cache import DecodedImages, decode_all
 from thaw.data.sources import scan
 from thaw.data.split import subsample_per_class
@@ -82,7 +83,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 #: Images measured by default (a stratified subsample of larger training sets).
-MAX_IMAGES = 2000
+MAX_IMAGES = ADVISE_MAX_IMAGES
 #: Source images smaller than this (median shorter side) are measured at this resolution when no img_size is given.
 SMALL_IMAGE_SIZE = 96
 #: Files whose header is read to find the native resolution.

@@ -20,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from thaw import __version__
-from thaw.config import FitConfig, parse_duration
+from thaw.config import ADVISE_MAX_IMAGES, FitConfig, parse_duration
 from thaw.errors import ThawError
 from thaw.textfmt import fixed, table
 
@@ -224,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", action="append", default=[], metavar="MODEL=FILE", help="local weights for a candidate, repeatable"
     )
     p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--max-images", type=int, default=2000, help="stratified subsample measured (default: 2000)")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=ADVISE_MAX_IMAGES,
+        help=f"stratified subsample measured (default: {ADVISE_MAX_IMAGES})",
+    )
     p.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("advise.json"), help="JSON report (default: advise.json)")

@@ -27,6 +27,9 @@ AUGMENT_PRESETS = ("none", "crop", "light", "strong")
 BN_POLICIES = ("auto", "frozen-eval", "train-all", "eval-all")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Images ``thaw advise`` (and ``auto --models``) measures by default: a stratified subsample of larger training
+#: sets. Defined here, not in advise.py, so that the CLI's ``--max-images`` default imports no torch.
+ADVISE_MAX_IMAGES = 2000
 
 
 #: The default batch size is a power of two within these bounds ...
