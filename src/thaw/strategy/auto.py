@@ -83,10 +83,10 @@ EXPLORE_SHARE = 0.3
 #: lengthened to meet it while both together take at most this share of the budget: the winner keeps its rung, so
 #: only the loser's half is lost (20 % of the budget at most instead of 15 %). Without it the floor was a knife edge:
 #: a costlier backbone, the ``--models`` measurements (6-16 s of a 180 s budget) or a slower machine left rungs of
-#: 80-93 steps against the floor's 100, and in each of the three same-session pairs seen the run that skipped the race
-#: scored under the one that raced, same backbone, task and seed (Lite2: cvdigits 0.939 vs 0.957, the sample 0.833 vs
-#: 0.840, digits 0.939 vs 0.961; docs/benchmarks.md, "The race floor"). Rungs that would need more stay unraced
-#: (fashion100's 16-64 steps).
+#: 90 steps (cvdigits) against the floor's 100, and in each of the three same-session pairs seen the run that
+#: skipped the race scored under the one that raced, same backbone, task and seed (Lite2: cvdigits 0.939 vs 0.957,
+#: the sample 0.833 vs 0.840, digits 0.939 vs 0.961; docs/benchmarks.md, "The race floor"). Rungs that would need
+#: more stay unraced (fashion100's 16-64 steps).
 MAX_EXPLORE_SHARE = 0.4
 #: Confidence of "worse beyond noise" in the paired bootstrap (one-sided).
 CONFIDENCE = 0.95
