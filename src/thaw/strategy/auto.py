@@ -134,6 +134,19 @@ DEFAULT_BUDGET_BOUNDS = (60.0, 3600.0)
 
 
 @dataclass(frozen=True)
+class Rung:
+    """The race's rung as planned from the measured epoch cost (``AutoStrategy._rung``)."""
+
+    seconds: float
+    epoch_seconds: float
+    """Of ``full``, the costliest candidate; 0 when no cost is known."""
+    steps: int
+    """Optimizer steps of ``full`` the rung holds, whole epochs only."""
+    share: float
+    """Of the budget both rungs take: ``EXPLORE_SHARE``, or more (up to ``MAX_EXPLORE_SHARE``) when lengthened."""
+
+
+@dataclass(frozen=True)
 class Comparison:
     """A paired comparison of two phases' selected weights on the same validation images."""
 
@@ -338,10 +351,10 @@ class AutoStrategy:
             share = float(signals.get("explore_share", EXPLORE_SHARE))
             budget = len(RECIPES) * rung / share  # as planned before the race started
         else:
-            rung, epoch, steps = self._rung(ctx, probe, budget)
-            if epoch and not self._races(ctx, steps):
+            planned = self._rung(ctx, probe, budget)
+            if planned.epoch_seconds and not self._races(ctx, planned.steps):
                 return None  # a rung too short to tell the candidates apart: the final run takes the budget
-            share = len(RECIPES) * rung / budget if budget > 0 else EXPLORE_SHARE
+            rung, steps, share = planned.seconds, planned.steps, planned.share
         augment, flip = self._augment(ctx, probe, done)
         names = [g.name for g in ctx.groups]
         phases = tuple(
@@ -370,14 +383,14 @@ class AutoStrategy:
         )
         why = (
             f"; lengthened from {EXPLORE_SHARE:.0%} so that full gets the {steps} steps a comparison needs"
-            if share > EXPLORE_SHARE + 1e-9
+            if share > EXPLORE_SHARE
             else ""
         )
         return Candidates(
             phases, reason=f"equal-cost rungs of {rung:.0f}s each ({share:.0%} of {budget:.0f}s in all{why})"
         )
 
-    def _rung(self, ctx: PlanContext, probe: PhaseResult, budget: float) -> tuple[float, float, int]:
+    def _rung(self, ctx: PlanContext, probe: PhaseResult, budget: float) -> Rung:
         """Seconds of a rung (``EXPLORE_SHARE`` of ``budget`` split between the ``RECIPES``), seconds of an epoch of
         ``full`` (the costliest candidate) and the optimizer steps of ``full`` a rung holds, whole epochs only (an
         epoch that would end past the rung is not started). A rung short of the race floor is lengthened to the
@@ -389,8 +402,8 @@ class AutoStrategy:
         if epoch > 0 and not self._races(ctx, epochs * spe):
             needed = math.ceil(min(MIN_RUNG_STEPS, MIN_RUNG_EPOCHS * spe) / spe)  # whole epochs that meet a floor
             if needed * epoch * len(RECIPES) <= MAX_EXPLORE_SHARE * budget:
-                return needed * epoch, epoch, needed * spe
-        return rung, epoch, epochs * spe
+                return Rung(needed * epoch, epoch, needed * spe, needed * epoch * len(RECIPES) / budget)
+        return Rung(rung, epoch, epochs * spe, EXPLORE_SHARE)
 
     @staticmethod
     def _races(ctx: PlanContext, steps: int) -> bool:
@@ -474,7 +487,8 @@ class AutoStrategy:
                 keep=False,
             )
         augment, flip = self._augment(ctx, probe, ())
-        rung, epoch, steps = self._rung(ctx, probe, self._budget(ctx, probe)[0])
+        planned = self._rung(ctx, probe, self._budget(ctx, probe)[0])
+        rung, epoch, steps = planned.seconds, planned.epoch_seconds, planned.steps
         spe = steps_per_epoch(ctx.num_train, ctx.config.batch)
         why = (
             f"no race: a rung of {rung:.0f}s would give every group {steps} optimizer steps ({epoch:.1f}s an epoch of "
